@@ -1,0 +1,4 @@
+//! The protocol layer: JSON-RPC framing, the MCP eras, and sessions.
+
+pub mod era;
+pub mod session;

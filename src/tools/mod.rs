@@ -1,0 +1,255 @@
+//! The tool plumbing: the [`Tool`] trait every built-in tool implements, and the
+//! [`Registry`] that lists and finds them.
+//!
+//! One file per tool lives beside this one. A tool is shard-local: its future runs
+//! on the shard that received the call and may borrow that shard's storage (caches,
+//! database connections) without locks, which is why the future is not `Send`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Map, Value};
+
+use crate::shard::Shard;
+
+/// A future a tool returns; it lives on one shard.
+pub type ToolFuture<'a> = Pin<Box<dyn Future<Output = ToolResult> + 'a>>;
+
+/// Hints a client may show or use to decide whether to ask the user first.
+#[derive(Clone, Copy, Debug)]
+pub struct Annotations {
+    pub read_only: bool,
+    pub destructive: bool,
+    pub idempotent: bool,
+    pub open_world: bool,
+}
+
+impl Annotations {
+    /// The hints of a tool that only reads local state.
+    pub const READ_ONLY: Annotations = Annotations {
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        open_world: false,
+    };
+}
+
+/// What `tools/list` says of a tool.
+#[derive(Clone, Debug)]
+pub struct ToolSpec {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub description: &'static str,
+    /// JSON Schema (2020-12) of the arguments; always `"type": "object"`.
+    pub input_schema: Value,
+    /// JSON Schema of `structuredContent`, where the tool returns structure.
+    pub output_schema: Option<Value>,
+    pub annotations: Annotations,
+}
+
+impl ToolSpec {
+    /// The tool as a `Tool` object of the MCP schema.
+    pub fn to_json(&self) -> Value {
+        let mut tool = Map::new();
+        tool.insert("name".into(), self.name.into());
+        tool.insert("title".into(), self.title.into());
+        tool.insert("description".into(), self.description.into());
+        tool.insert("inputSchema".into(), self.input_schema.clone());
+        if let Some(schema) = &self.output_schema {
+            tool.insert("outputSchema".into(), schema.clone());
+        }
+        let a = self.annotations;
+        tool.insert(
+            "annotations".into(),
+            json!({
+                "title": self.title,
+                "readOnlyHint": a.read_only,
+                "destructiveHint": a.destructive,
+                "idempotentHint": a.idempotent,
+                "openWorldHint": a.open_world,
+            }),
+        );
+        Value::Object(tool)
+    }
+}
+
+/// One content block of a result. Only text is produced today.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Content {
+    Text(String),
+}
+
+/// The outcome of a call, as `CallToolResult` carries it.
+///
+/// A failure the model can fix (bad arguments, a missing file, a refused query) is a
+/// result with `is_error` set and a message saying what to change, never a JSON-RPC
+/// error: the model reads results, not protocol errors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolResult {
+    pub content: Vec<Content>,
+    pub structured: Option<Value>,
+    pub is_error: bool,
+}
+
+impl ToolResult {
+    pub fn text(text: impl Into<String>) -> ToolResult {
+        ToolResult {
+            content: vec![Content::Text(text.into())],
+            structured: None,
+            is_error: false,
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> ToolResult {
+        ToolResult {
+            content: vec![Content::Text(message.into())],
+            structured: None,
+            is_error: true,
+        }
+    }
+
+    /// Structured output mirrored in a text block, for clients that read only text.
+    pub fn structured(structured: Value, text: impl Into<String>) -> ToolResult {
+        ToolResult {
+            content: vec![Content::Text(text.into())],
+            structured: Some(structured),
+            is_error: false,
+        }
+    }
+
+    /// The result as a `CallToolResult` object.
+    pub fn to_json(&self) -> Value {
+        let content: Vec<Value> = self
+            .content
+            .iter()
+            .map(|c| match c {
+                Content::Text(t) => json!({"type": "text", "text": t}),
+            })
+            .collect();
+        let mut out = Map::new();
+        out.insert("content".into(), Value::Array(content));
+        if let Some(s) = &self.structured {
+            out.insert("structuredContent".into(), s.clone());
+        }
+        out.insert("isError".into(), Value::Bool(self.is_error));
+        Value::Object(out)
+    }
+}
+
+/// Set when the client cancels a call or its deadline passes. An `Arc` because
+/// blocking work (a SQLite query on a helper thread) must see it too.
+#[derive(Clone, Debug, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+    /// The shared flag, for code that runs off the shard.
+    pub fn shared(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+/// What a tool call may use: the shard it runs on, its deadline and its cancel flag.
+///
+/// The dispatcher also races the tool's future against the deadline and a
+/// cancellation, and drops it when either wins; `deadline` and `cancel` are for work
+/// that dropping cannot stop (a query running inside SQLite, a blocking thread).
+pub struct CallContext<'a> {
+    pub shard: &'a Shard,
+    pub deadline: Instant,
+    pub cancel: CancelFlag,
+}
+
+/// A built-in tool.
+pub trait Tool {
+    fn spec(&self) -> &ToolSpec;
+    fn call<'a>(&'a self, cx: &'a CallContext<'a>, args: Map<String, Value>) -> ToolFuture<'a>;
+}
+
+/// The tools a shard serves, in a fixed order so that `tools/list` and its cursors
+/// are deterministic.
+pub struct Registry {
+    tools: Vec<Box<dyn Tool>>,
+}
+
+impl Registry {
+    /// Every built-in tool. Order here is the order of `tools/list`.
+    pub fn builtin() -> Registry {
+        let tools: Vec<Box<dyn Tool>> = vec![];
+        Registry::new(tools)
+    }
+
+    pub fn new(tools: Vec<Box<dyn Tool>>) -> Registry {
+        for (i, t) in tools.iter().enumerate() {
+            assert!(
+                tools[..i].iter().all(|o| o.spec().name != t.spec().name),
+                "tool names are unique"
+            );
+            assert_eq!(t.spec().input_schema["type"], "object", "input schemas are objects");
+        }
+        Registry { tools }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&dyn Tool> {
+        self.tools
+            .iter()
+            .find(|t| t.spec().name == name)
+            .map(|t| t.as_ref())
+    }
+
+    pub fn tools(&self) -> impl Iterator<Item = &dyn Tool> {
+        self.tools.iter().map(|t| t.as_ref())
+    }
+
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+}
+
+/// Reads an optional argument of a given JSON type, or says what is wrong with it.
+pub fn arg<'v, T>(
+    args: &'v Map<String, Value>,
+    name: &str,
+    expected: &str,
+    get: impl Fn(&'v Value) -> Option<T>,
+) -> Result<Option<T>, ToolResult> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => get(v).map(Some).ok_or_else(|| {
+            ToolResult::error(format!(
+                "argument `{name}` must be {expected}; got {}",
+                kind_of(v)
+            ))
+        }),
+    }
+}
+
+/// Reads a required argument, or says that it is missing.
+pub fn required<'v, T>(
+    args: &'v Map<String, Value>,
+    name: &str,
+    expected: &str,
+    get: impl Fn(&'v Value) -> Option<T>,
+) -> Result<T, ToolResult> {
+    arg(args, name, expected, get)?
+        .ok_or_else(|| ToolResult::error(format!("missing required argument `{name}` ({expected})")))
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
