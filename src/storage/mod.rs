@@ -1,14 +1,27 @@
-//! Shard-local storage: the file cache and the SQLite connection sets.
+//! Shard-local storage: the roots, the file cache and the SQLite connection sets.
 //!
 //! A shard owns one [`Storage`]; tools borrow it through the shard, so the hot path
-//! takes no lock.
+//! takes no lock. Everything here uses `Cell`/`RefCell` and must never hold a borrow
+//! across an `.await`.
+
+pub mod file_cache;
+pub mod roots;
 
 use crate::config::Config;
 
-pub struct Storage {}
+use file_cache::{FileCache, DEFAULT_FILE_CACHE_BYTES};
+use roots::Roots;
+
+pub struct Storage {
+    pub roots: Roots,
+    pub files: FileCache,
+}
 
 impl Storage {
-    pub fn new(_config: &Config) -> Result<Storage, String> {
-        Ok(Storage {})
+    pub fn new(config: &Config) -> Result<Storage, String> {
+        Ok(Storage {
+            roots: Roots::new(config.roots.clone()),
+            files: FileCache::new(DEFAULT_FILE_CACHE_BYTES),
+        })
     }
 }
