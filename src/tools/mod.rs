@@ -5,6 +5,11 @@
 //! on the shard that received the call and may borrow that shard's storage (caches,
 //! database connections) without locks, which is why the future is not `Send`.
 
+pub mod common;
+pub mod list_directory;
+pub mod read_file;
+pub mod read_multiple_files;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -183,7 +188,11 @@ pub struct Registry {
 impl Registry {
     /// Every built-in tool. Order here is the order of `tools/list`.
     pub fn builtin() -> Registry {
-        let tools: Vec<Box<dyn Tool>> = vec![];
+        let tools: Vec<Box<dyn Tool>> = vec![
+            Box::new(read_file::ReadFile::new()),
+            Box::new(read_multiple_files::ReadMultipleFiles::new()),
+            Box::new(list_directory::ListDirectory::new()),
+        ];
         Registry::new(tools)
     }
 

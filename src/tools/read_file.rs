@@ -1,0 +1,357 @@
+//! `read_file`: a text file's content, a window of lines at a time.
+
+use serde_json::{json, Map, Value};
+
+use super::common::{input_schema, no_unknown_args, opt_int, req_str, resolve};
+use super::{Annotations, CallContext, Tool, ToolFuture, ToolResult, ToolSpec};
+use crate::storage::file_cache::BINARY_SNIFF_BYTES;
+
+/// Bytes of file content one answer carries; the rest is left for another call.
+pub const MAX_READ_BYTES: usize = 256 * 1024;
+/// The largest `offset` or `limit` accepted (the JSON Schema bound).
+pub const MAX_LINE_ARG: u64 = u32::MAX as u64;
+
+/// A window of a text file, ready to send.
+pub struct Excerpt {
+    pub display: String,
+    pub text: String,
+    /// The first line returned, 1-based.
+    pub first: usize,
+    /// The last line returned (inclusive); `first - 1` when none were.
+    pub last: usize,
+    pub total_lines: usize,
+    /// Lines were left out because of the byte cap (not because of `limit`).
+    pub truncated: bool,
+}
+
+impl Excerpt {
+    /// What the model needs to read on, appended to the text.
+    pub fn note(&self) -> Option<String> {
+        if self.truncated {
+            Some(format!(
+                "[… truncated at line {} of {} ({} KiB output cap); call again with offset={}]",
+                self.last,
+                self.total_lines,
+                MAX_READ_BYTES / 1024,
+                self.last + 1
+            ))
+        } else if self.last < self.total_lines && self.last >= self.first {
+            Some(format!(
+                "[lines {}–{} of {}; call again with offset={} for more]",
+                self.first,
+                self.last,
+                self.total_lines,
+                self.last + 1
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Reads lines `offset..offset+limit` of a text file inside the roots, at most
+/// `cap` bytes of them. Errors are results ready to return.
+pub async fn read_excerpt(
+    cx: &CallContext<'_>,
+    path: &str,
+    offset: usize,
+    limit: Option<usize>,
+    cap: usize,
+) -> Result<Excerpt, ToolResult> {
+    let resolved = resolve(cx, path)?;
+    let file = cx
+        .shard
+        .storage
+        .files
+        .read(&resolved.real)
+        .await
+        .map_err(|e| ToolResult::error(e.describe(&resolved.display)))?;
+    let display = resolved.display;
+    let Some(text) = file.text() else {
+        let why = if file.is_binary() {
+            format!(
+                "it has a NUL byte in its first {} KiB",
+                BINARY_SNIFF_BYTES / 1024
+            )
+        } else {
+            "it is not valid UTF-8".to_string()
+        };
+        return Err(ToolResult::error(format!(
+            "`{display}` looks like a binary file ({why}); read_file returns text only"
+        )));
+    };
+    let total_lines = count_lines(text);
+    if offset > total_lines.max(1) {
+        return Err(ToolResult::error(format!(
+            "offset {offset} is past the end of `{display}`, which has {total_lines} lines"
+        )));
+    }
+    let start = line_start(text, offset);
+    let wanted = limit.unwrap_or(usize::MAX);
+    let mut end = start;
+    let mut last = offset - 1;
+    let mut truncated = false;
+    for line in text[start..].split_inclusive('\n') {
+        if last + 1 - offset >= wanted {
+            break;
+        }
+        if end + line.len() - start > cap {
+            truncated = true;
+            if end == start {
+                // A single line longer than the cap: send its head rather than nothing.
+                end = floor_char_boundary(text, start + cap);
+                last += 1;
+            }
+            break;
+        }
+        end += line.len();
+        last += 1;
+    }
+    Ok(Excerpt {
+        display,
+        text: text[start..end].to_string(),
+        first: offset,
+        last,
+        total_lines,
+        truncated,
+    })
+}
+
+/// Lines as an editor counts them: a final line without `\n` counts.
+fn count_lines(text: &str) -> usize {
+    let newlines = memchr::memchr_iter(b'\n', text.as_bytes()).count();
+    newlines + usize::from(!text.is_empty() && !text.ends_with('\n'))
+}
+
+/// The byte offset where 1-based line `n` starts.
+fn line_start(text: &str, n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    memchr::memchr_iter(b'\n', text.as_bytes())
+        .nth(n - 2)
+        .map_or(text.len(), |i| i + 1)
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+pub struct ReadFile {
+    spec: ToolSpec,
+}
+
+impl ReadFile {
+    pub fn new() -> ReadFile {
+        ReadFile {
+            spec: ToolSpec {
+                name: "read_file",
+                title: "Read file",
+                description: "Read a UTF-8 text file inside the served roots. Paths are relative to the first root, \
+                    or absolute inside any root. Returns the file's text; large files come a window at a time: \
+                    `offset` is the first line (1-based), `limit` the number of lines. When the answer is cut, its \
+                    last line says which offset to pass next. Binary files are refused.",
+                input_schema: input_schema(
+                    json!({
+                        "path": {"type": "string", "description": "File path, relative to the first root or absolute inside a root."},
+                        "offset": {"type": "integer", "minimum": 1, "maximum": MAX_LINE_ARG, "description": "First line to return, 1-based. Default 1."},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LINE_ARG, "description": "Number of lines to return. Default: as many as fit the output cap."},
+                    }),
+                    &["path"],
+                ),
+                output_schema: None,
+                annotations: Annotations::READ_ONLY,
+            },
+        }
+    }
+}
+
+impl Tool for ReadFile {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call<'a>(&'a self, cx: &'a CallContext<'a>, args: Map<String, Value>) -> ToolFuture<'a> {
+        Box::pin(async move {
+            let parsed = (|| {
+                no_unknown_args(&args, &["path", "offset", "limit"])?;
+                let path = req_str(&args, "path")?.to_string();
+                let offset = opt_int(&args, "offset", 1, MAX_LINE_ARG)?.unwrap_or(1) as usize;
+                let limit = opt_int(&args, "limit", 1, MAX_LINE_ARG)?.map(|n| n as usize);
+                Ok((path, offset, limit))
+            })();
+            let (path, offset, limit) = match parsed {
+                Ok(p) => p,
+                Err(e) => return e,
+            };
+            match read_excerpt(cx, &path, offset, limit, MAX_READ_BYTES).await {
+                Ok(ex) => {
+                    let mut text = ex.text.clone();
+                    if let Some(note) = ex.note() {
+                        if !text.is_empty() && !text.ends_with('\n') {
+                            text.push('\n');
+                        }
+                        text.push_str(&note);
+                    }
+                    ToolResult::text(text)
+                }
+                Err(e) => e,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::common::testing::{assert_error, call, shard, text};
+    use std::os::unix::fs::symlink;
+
+    fn fixture() -> (tempfile::TempDir, crate::shard::Shard) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "one\ntwo\nthree\n").unwrap();
+        let shard = shard(vec![dir.path().into()], vec![]);
+        (dir, shard)
+    }
+
+    #[test]
+    fn reads_whole_file_and_windows() {
+        let (_d, s) = fixture();
+        let r = call(&s, "read_file", json!({"path": "a.txt"}));
+        assert!(!r.is_error);
+        assert_eq!(text(&r), "one\ntwo\nthree\n");
+        let r = call(
+            &s,
+            "read_file",
+            json!({"path": "a.txt", "offset": 2, "limit": 1}),
+        );
+        assert_eq!(
+            text(&r),
+            "two\n[lines 2–2 of 3; call again with offset=3 for more]"
+        );
+        let r = call(&s, "read_file", json!({"path": "a.txt", "offset": 3}));
+        assert_eq!(text(&r), "three\n");
+    }
+
+    #[test]
+    fn output_is_capped_with_a_way_to_read_on() {
+        let (d, s) = fixture();
+        let line = "x".repeat(1023) + "\n";
+        std::fs::write(d.path().join("big.txt"), line.repeat(300)).unwrap();
+        let r = call(&s, "read_file", json!({"path": "big.txt"}));
+        assert!(!r.is_error);
+        assert!(text(&r).len() <= MAX_READ_BYTES + 200);
+        assert!(text(&r).ends_with(
+            "[… truncated at line 256 of 300 (256 KiB output cap); call again with offset=257]"
+        ));
+        let r = call(&s, "read_file", json!({"path": "big.txt", "offset": 257}));
+        assert_eq!(text(&r), line.repeat(44));
+    }
+
+    #[test]
+    fn a_line_longer_than_the_cap_is_cut_not_dropped() {
+        let (d, s) = fixture();
+        std::fs::write(d.path().join("long.txt"), "é".repeat(MAX_READ_BYTES)).unwrap();
+        let r = call(&s, "read_file", json!({"path": "long.txt"}));
+        assert!(!r.is_error);
+        assert!(text(&r).starts_with("éé"));
+        assert!(text(&r).contains("truncated at line 1 of 1"));
+    }
+
+    #[test]
+    fn failures_say_what_is_wrong() {
+        let (d, s) = fixture();
+        std::fs::write(d.path().join("bin"), b"ab\0cd").unwrap();
+        std::fs::write(d.path().join("latin1"), b"caf\xe9").unwrap();
+        assert_error(
+            &call(&s, "read_file", json!({"path": "bin"})),
+            "binary file (it has a NUL byte",
+        );
+        assert_error(
+            &call(&s, "read_file", json!({"path": "latin1"})),
+            "not valid UTF-8",
+        );
+        assert_error(
+            &call(&s, "read_file", json!({"path": "missing"})),
+            "does not exist",
+        );
+        assert_error(
+            &call(&s, "read_file", json!({"path": "."})),
+            "not a regular file",
+        );
+        assert_error(
+            &call(&s, "read_file", json!({"path": "a.txt", "offset": 9})),
+            "past the end",
+        );
+        assert_error(
+            &call(&s, "read_file", json!({"path": "a.txt", "offset": 0})),
+            "`offset` must be an integer",
+        );
+        assert_error(
+            &call(&s, "read_file", json!({"path": 3})),
+            "`path` must be a string",
+        );
+        assert_error(
+            &call(&s, "read_file", json!({})),
+            "missing required argument `path`",
+        );
+        assert_error(
+            &call(&s, "read_file", json!({"path": "a.txt", "line": 1})),
+            "unknown argument `line`",
+        );
+        assert_error(
+            &call(&s, "read_file", json!({"path": "a.txt\u{0}"})),
+            "NUL byte",
+        );
+    }
+
+    #[test]
+    fn traversal_and_symlink_escape_are_refused() {
+        let (d, s) = fixture();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "top secret").unwrap();
+        symlink(outside.path().join("secret"), d.path().join("link")).unwrap();
+        let name = outside.path().file_name().unwrap().to_str().unwrap();
+        for p in [
+            format!("../{name}/secret"),
+            "link".into(),
+            outside.path().join("secret").to_str().unwrap().into(),
+        ] {
+            let r = call(&s, "read_file", json!({ "path": p }));
+            assert_error(&r, "outside the allowed roots");
+            assert!(!text(&r).contains("top secret"));
+        }
+    }
+
+    #[test]
+    fn rewritten_and_deleted_files_are_never_stale() {
+        let (d, s) = fixture();
+        let p = d.path().join("a.txt");
+        assert_eq!(
+            text(&call(&s, "read_file", json!({"path": "a.txt"}))),
+            "one\ntwo\nthree\n"
+        );
+        std::fs::write(&p, "ONE\nTWO\nTHREE\n").unwrap(); // same size, same second
+        assert_eq!(
+            text(&call(&s, "read_file", json!({"path": "a.txt"}))),
+            "ONE\nTWO\nTHREE\n"
+        );
+        std::fs::remove_file(&p).unwrap();
+        assert_error(
+            &call(&s, "read_file", json!({"path": "a.txt"})),
+            "does not exist",
+        );
+    }
+
+    #[test]
+    fn counts_lines_like_an_editor() {
+        assert_eq!(count_lines(""), 0);
+        assert_eq!(count_lines("a"), 1);
+        assert_eq!(count_lines("a\n"), 1);
+        assert_eq!(count_lines("a\nb"), 2);
+        assert_eq!(line_start("a\nb\nc", 3), 4);
+    }
+}
