@@ -4,17 +4,20 @@
 //! takes no lock. Everything here uses `Cell`/`RefCell` and must never hold a borrow
 //! across an `.await`.
 
+pub mod db;
 pub mod file_cache;
 pub mod roots;
 
 use crate::config::Config;
 
+use db::Databases;
 use file_cache::{FileCache, DEFAULT_FILE_CACHE_BYTES};
 use roots::Roots;
 
 pub struct Storage {
     pub roots: Roots,
     pub files: FileCache,
+    pub dbs: Databases,
 }
 
 impl Storage {
@@ -22,6 +25,7 @@ impl Storage {
         Ok(Storage {
             roots: Roots::new(config.roots.clone()),
             files: FileCache::new(DEFAULT_FILE_CACHE_BYTES),
+            dbs: Databases::new(&config.databases)?,
         })
     }
 }

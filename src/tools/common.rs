@@ -85,7 +85,9 @@ pub fn budget(cx: &CallContext<'_>, start: Instant) -> Duration {
 pub fn timed_out(budget: Duration) -> ToolResult {
     ToolResult::error(format!(
         "timed out after {} ms; narrow the request (a smaller path, a more specific query, a LIMIT)",
-        budget.as_millis()
+        // Rounded: a 300 ms budget measured from just after the deadline was set
+        // reads 299.99 ms.
+        (budget.as_micros() + 500) / 1000
     ))
 }
 

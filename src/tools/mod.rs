@@ -7,6 +7,7 @@
 
 pub mod common;
 pub mod list_directory;
+pub mod query_db;
 pub mod read_file;
 pub mod read_multiple_files;
 
@@ -192,6 +193,7 @@ impl Registry {
             Box::new(read_file::ReadFile::new()),
             Box::new(read_multiple_files::ReadMultipleFiles::new()),
             Box::new(list_directory::ListDirectory::new()),
+            Box::new(query_db::QueryDb::new()),
         ];
         Registry::new(tools)
     }

@@ -1,0 +1,557 @@
+//! `query_db`: one read-only SQL statement against a configured SQLite database,
+//! parameters bound (never interpolated), typed JSON values out.
+
+use std::time::Instant;
+
+use base64::Engine;
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use serde_json::{json, Map, Value};
+
+use super::common::{
+    budget, cancelled, input_schema, no_unknown_args, opt_int, opt_str, req_str, timed_out,
+};
+use super::{Annotations, CallContext, Tool, ToolFuture, ToolResult, ToolSpec};
+use crate::storage::db::{Conn, DbError, Limits};
+
+/// Rows returned when `max_rows` is not given.
+pub const DEFAULT_MAX_ROWS: u64 = 1000;
+/// The largest `max_rows` accepted.
+pub const MAX_ROWS_LIMIT: u64 = 10_000;
+/// Approximate bytes of values one answer carries; past it the rows are cut.
+pub const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
+/// Parameters one query may bind.
+pub const MAX_PARAMS: usize = 999;
+
+/// What a query returned.
+#[derive(Debug)]
+pub struct Rows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+    pub truncated: bool,
+}
+
+/// Parameters as the client sent them: by position or by name.
+#[derive(Clone, Debug)]
+enum Params {
+    Positional(Vec<SqlValue>),
+    Named(Vec<(String, SqlValue)>),
+}
+
+fn to_sql(v: &Value, what: &str) -> Result<SqlValue, ToolResult> {
+    Ok(match v {
+        Value::Null => SqlValue::Null,
+        Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => SqlValue::Integer(i),
+            (None, Some(f)) => SqlValue::Real(f),
+            _ => return Err(ToolResult::error(format!("{what}: number {n} does not fit SQLite's types"))),
+        },
+        Value::String(s) => SqlValue::Text(s.clone()),
+        Value::Array(_) | Value::Object(_) => {
+            return Err(ToolResult::error(format!(
+                "{what} must be a string, number, boolean or null; pass JSON as a string and use json() in SQL"
+            )))
+        }
+    })
+}
+
+fn parse_params(args: &Map<String, Value>) -> Result<Params, ToolResult> {
+    match args.get("params") {
+        None | Some(Value::Null) => Ok(Params::Positional(Vec::new())),
+        Some(Value::Array(a)) if a.len() <= MAX_PARAMS => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| to_sql(v, &format!("params[{i}]")))
+            .collect::<Result<_, _>>()
+            .map(Params::Positional),
+        Some(Value::Object(o)) if o.len() <= MAX_PARAMS => o
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), to_sql(v, &format!("params.{k}"))?)))
+            .collect::<Result<_, _>>()
+            .map(Params::Named),
+        Some(_) => Err(ToolResult::error(format!(
+            "argument `params` must be an array (for ?1, ?2 …) or an object (for :name) of at most {MAX_PARAMS} values"
+        ))),
+    }
+}
+
+/// The JSON form of one SQLite value. Blobs are `{"base64": "…"}` so that they are
+/// never mistaken for text.
+pub fn to_json(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => json!(i),
+        ValueRef::Real(f) => json!(f),
+        ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => {
+            json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) })
+        }
+    }
+}
+
+fn approx_size(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len() + 2,
+        Value::Object(o) => o
+            .get("base64")
+            .and_then(Value::as_str)
+            .map_or(16, |s| s.len() + 14),
+        _ => 8,
+    }
+}
+
+/// Runs one read-only statement; runs on the shard or a pool thread.
+fn query(c: &Conn, sql: &str, params: &Params, max_rows: usize) -> Result<Rows, DbError> {
+    let mut stmt = c.conn.prepare_cached(sql).map_err(|e| c.error(e))?;
+    if !stmt.readonly() {
+        stmt.discard();
+        return Err(DbError::Refused(
+            "only read-only statements are allowed (SELECT, WITH … SELECT, EXPLAIN, schema pragmas); databases are served read-only".into(),
+        ));
+    }
+    let expected = stmt.parameter_count();
+    match params {
+        Params::Positional(p) => {
+            if p.len() != expected {
+                return Err(DbError::Sql(format!(
+                    "the statement has {expected} parameter(s) but `params` has {} value(s)",
+                    p.len()
+                )));
+            }
+            for (i, v) in p.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 1, v).map_err(|e| c.error(e))?;
+            }
+        }
+        Params::Named(p) => {
+            for (name, v) in p {
+                let idx = [
+                    name.clone(),
+                    format!(":{name}"),
+                    format!("@{name}"),
+                    format!("${name}"),
+                ]
+                .iter()
+                .find_map(|n| stmt.parameter_index(n).ok().flatten())
+                .ok_or_else(|| {
+                    DbError::Sql(format!("the statement has no parameter named `{name}`"))
+                })?;
+                stmt.raw_bind_parameter(idx, v).map_err(|e| c.error(e))?;
+            }
+        }
+    }
+    let columns: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    let mut truncated = false;
+    let mut raw = stmt.raw_query();
+    while let Some(row) = raw.next().map_err(|e| c.error(e))? {
+        if rows.len() == max_rows || bytes > MAX_RESULT_BYTES {
+            truncated = true;
+            break;
+        }
+        let values: Vec<Value> = (0..columns.len())
+            .map(|i| row.get_ref(i).map(to_json))
+            .collect::<Result<_, _>>()
+            .map_err(|e| c.error(e))?;
+        bytes += values.iter().map(approx_size).sum::<usize>();
+        rows.push(values);
+    }
+    Ok(Rows {
+        columns,
+        rows,
+        truncated,
+    })
+}
+
+/// Maps a failed database call to its result.
+pub fn db_error(e: DbError, cx: &CallContext<'_>, start: Instant) -> ToolResult {
+    match e {
+        DbError::Refused(why) => ToolResult::error(format!("query refused: {why}")),
+        DbError::Sql(msg) => ToolResult::error(format!("SQLite error: {msg}")),
+        DbError::TimedOut => timed_out(budget(cx, start)),
+        DbError::Cancelled => cancelled(),
+    }
+}
+
+/// The stop conditions of a call, for the thread that runs its query.
+pub fn limits(cx: &CallContext<'_>) -> Limits {
+    Limits {
+        deadline: cx.deadline,
+        cancel: cx.cancel.shared(),
+    }
+}
+
+fn render(db: &str, r: &Rows, max_rows: usize) -> String {
+    let mut text = format!(
+        "{}\n",
+        serde_json::to_string(&r.columns).unwrap_or_default()
+    );
+    for row in &r.rows {
+        text.push_str(&serde_json::to_string(row).unwrap_or_default());
+        text.push('\n');
+    }
+    text.push_str(&format!("({} row(s) from `{db}`)", r.rows.len()));
+    if r.truncated {
+        text.push_str(&format!(
+            "\n[… truncated at {} rows (max_rows={max_rows}, {} MiB cap); narrow the query, or page with LIMIT/OFFSET]",
+            r.rows.len(),
+            MAX_RESULT_BYTES / (1024 * 1024)
+        ));
+    }
+    text
+}
+
+pub struct QueryDb {
+    spec: ToolSpec,
+}
+
+impl QueryDb {
+    pub fn new() -> QueryDb {
+        QueryDb {
+            spec: ToolSpec {
+                name: "query_db",
+                title: "Query database",
+                description: "Run one read-only SQL statement (SELECT, WITH … SELECT, EXPLAIN) on a configured SQLite \
+                    database. Pass values through `params` (?1, ?2 … or :name), never by pasting them into the SQL. \
+                    Writes, ATTACH, PRAGMA changes, transactions, load_extension and multiple statements are refused. \
+                    Use db_schema first to see the tables. Rows come back as typed JSON values (blobs as {\"base64\": …}); \
+                    at most `max_rows` of them, with `truncated` set when there were more.",
+                input_schema: input_schema(
+                    json!({
+                        "sql": {"type": "string", "description": "One SQL statement. Use ?1, ?2 … or :name placeholders for values."},
+                        "params": {
+                            "description": "Values for the placeholders: an array for ?1, ?2 …, or an object for :name. Strings, numbers, booleans (stored as 0/1) or null.",
+                            "oneOf": [
+                                {"type": "array", "items": {"type": ["string", "number", "boolean", "null"]}, "maxItems": MAX_PARAMS},
+                                {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]}},
+                            ],
+                        },
+                        "db": {"type": "string", "description": "Database name (its file stem). Default: the first configured database."},
+                        "max_rows": {"type": "integer", "minimum": 1, "maximum": MAX_ROWS_LIMIT, "description": "Most rows to return. Default 1000."},
+                    }),
+                    &["sql"],
+                ),
+                output_schema: Some(json!({
+                    "type": "object",
+                    "properties": {
+                        "db": {"type": "string"},
+                        "columns": {"type": "array", "items": {"type": "string"}},
+                        "rows": {
+                            "type": "array",
+                            "items": {"type": "array", "items": {
+                                "description": "integer, real, text, null, or a blob as {\"base64\": string}",
+                                "type": ["integer", "number", "string", "null", "object"],
+                            }},
+                        },
+                        "truncated": {"type": "boolean"},
+                    },
+                    "required": ["db", "columns", "rows", "truncated"],
+                })),
+                annotations: Annotations::READ_ONLY,
+            },
+        }
+    }
+}
+
+impl Tool for QueryDb {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call<'a>(&'a self, cx: &'a CallContext<'a>, args: Map<String, Value>) -> ToolFuture<'a> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let parsed = (|| {
+                no_unknown_args(&args, &["sql", "params", "db", "max_rows"])?;
+                let sql = req_str(&args, "sql")?.to_string();
+                let params = parse_params(&args)?;
+                let db = opt_str(&args, "db")?;
+                let max_rows = opt_int(&args, "max_rows", 1, MAX_ROWS_LIMIT)?
+                    .unwrap_or(DEFAULT_MAX_ROWS) as usize;
+                let db = cx.shard.storage.dbs.get(db).map_err(ToolResult::error)?;
+                Ok((sql, params, db, max_rows))
+            })();
+            let (sql, params, db, max_rows) = match parsed {
+                Ok(p) => p,
+                Err(e) => return e,
+            };
+            let outcome = db
+                .run(&limits(cx), move |c| query(c, &sql, &params, max_rows))
+                .await;
+            match outcome {
+                Ok(rows) => {
+                    let text = render(&db.name, &rows, max_rows);
+                    ToolResult::structured(
+                        json!({"db": db.name, "columns": rows.columns, "rows": rows.rows, "truncated": rows.truncated}),
+                        text,
+                    )
+                }
+                Err(e) => db_error(e, cx, start),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::Database;
+    use crate::tools::common::testing::{assert_error, call, call_async, run, shard, text};
+    use crate::tools::CancelFlag;
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    /// A database made by the test: table `t(id, name, score, data)` with three rows.
+    pub fn make_db(dir: &Path, stem: &str) -> Database {
+        let path = dir.join(format!("{stem}.db"));
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT NOT NULL DEFAULT 'anon', score REAL, data BLOB);
+             CREATE UNIQUE INDEX t_name ON t(name);
+             INSERT INTO t VALUES (1, 'ann', 1.5, x'0001ff'), (2, 'bob', NULL, NULL), (3, 'cy', 3.0, NULL);
+             CREATE VIEW v AS SELECT name FROM t;",
+        )
+        .unwrap();
+        Database {
+            name: stem.into(),
+            path,
+        }
+    }
+
+    pub fn fixture() -> (tempfile::TempDir, crate::shard::Shard, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let db = make_db(d.path(), "main");
+        let other = make_db(d.path(), "other");
+        let path = db.path.clone();
+        let s = shard(vec![d.path().into()], vec![db, other]);
+        (d, s, path)
+    }
+
+    #[test]
+    fn typed_values_bound_params_and_truncation() {
+        let (_d, s, _) = fixture();
+        let r = call(
+            &s,
+            "query_db",
+            json!({"sql": "SELECT id, name, score, data FROM t WHERE id >= ?1 ORDER BY id", "params": [1]}),
+        );
+        assert!(!r.is_error, "{r:?}");
+        let st = r.structured.clone().unwrap();
+        assert_eq!(st["columns"], json!(["id", "name", "score", "data"]));
+        assert_eq!(st["rows"][0], json!([1, "ann", 1.5, {"base64": "AAH/"}]));
+        assert_eq!(st["rows"][1], json!([2, "bob", null, null]));
+        assert_eq!(st["truncated"], false);
+        assert!(text(&r).contains("[1,\"ann\",1.5,{\"base64\":\"AAH/\"}]"));
+
+        let r = call(
+            &s,
+            "query_db",
+            json!({"sql": "SELECT name FROM t ORDER BY id", "max_rows": 2}),
+        );
+        assert_eq!(
+            r.structured.as_ref().unwrap()["rows"],
+            json!([["ann"], ["bob"]])
+        );
+        assert_eq!(r.structured.as_ref().unwrap()["truncated"], true);
+        assert!(text(&r).contains("truncated at 2 rows"));
+
+        // Interpolation-looking values are just values.
+        let r = call(
+            &s,
+            "query_db",
+            json!({"sql": "SELECT count(*) FROM t WHERE name = :n", "params": {"n": "x' OR '1'='1"}}),
+        );
+        assert_eq!(r.structured.as_ref().unwrap()["rows"], json!([[0]]));
+        let r = call(
+            &s,
+            "query_db",
+            json!({"sql": "SELECT ?1, ?2, ?3", "params": [true, 2.5, null]}),
+        );
+        assert_eq!(
+            r.structured.as_ref().unwrap()["rows"],
+            json!([[1, 2.5, null]])
+        );
+        let r = call(
+            &s,
+            "query_db",
+            json!({"sql": "SELECT count(*) FROM t", "db": "other"}),
+        );
+        assert_eq!(r.structured.as_ref().unwrap()["db"], "other");
+    }
+
+    #[test]
+    fn bad_queries_say_what_is_wrong() {
+        let (_d, s, _) = fixture();
+        assert_error(
+            &call(&s, "query_db", json!({"sql": "SELEC 1"})),
+            "SQLite error",
+        );
+        assert_error(
+            &call(&s, "query_db", json!({"sql": "SELECT * FROM nope"})),
+            "no such table",
+        );
+        assert_error(
+            &call(&s, "query_db", json!({"sql": "SELECT ?1"})),
+            "1 parameter(s) but `params` has 0",
+        );
+        assert_error(
+            &call(
+                &s,
+                "query_db",
+                json!({"sql": "SELECT :a", "params": {"b": 1}}),
+            ),
+            "no parameter named `b`",
+        );
+        assert_error(
+            &call(&s, "query_db", json!({"sql": "SELECT 1", "params": [[1]]})),
+            "params[0] must be a string",
+        );
+        assert_error(
+            &call(&s, "query_db", json!({"sql": "SELECT 1", "db": "zzz"})),
+            "configured databases: main, other",
+        );
+        assert_error(
+            &call(&s, "query_db", json!({"sql": "SELECT 1", "max_rows": 0})),
+            "`max_rows` must be",
+        );
+        let none = shard(vec![tempfile::tempdir().unwrap().path().into()], vec![]);
+        assert_error(
+            &call(&none, "query_db", json!({"sql": "SELECT 1"})),
+            "no databases are configured",
+        );
+    }
+
+    fn hash(p: &Path) -> Vec<u8> {
+        std::fs::read(p).unwrap()
+    }
+
+    #[test]
+    fn every_kind_of_write_is_refused_and_the_file_is_unchanged() {
+        let (_d, s, path) = fixture();
+        let before = hash(&path);
+        let before_mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        for (sql, why) in [
+            ("INSERT INTO t(name) VALUES ('eve')", "INSERT is refused"),
+            ("UPDATE t SET name = 'x'", "UPDATE is refused"),
+            ("DELETE FROM t", "DELETE is refused"),
+            (
+                "CREATE TABLE u(x)",
+                "schema changes (CREATE, DROP, ALTER) are refused",
+            ),
+            (
+                "DROP TABLE t",
+                "schema changes (CREATE, DROP, ALTER) are refused",
+            ),
+            ("CREATE TEMP TABLE u(x)", "refused"),
+            ("ALTER TABLE t ADD COLUMN z", "refused"),
+            (
+                "ATTACH DATABASE ':memory:' AS m",
+                "ATTACH and DETACH are refused",
+            ),
+            (
+                "PRAGMA user_version = 1",
+                "PRAGMA user_version = 1 is refused",
+            ),
+            ("PRAGMA query_only = 0", "PRAGMA query_only = 0 is refused"),
+            (
+                "SELECT load_extension('/tmp/x')",
+                "load_extension is refused",
+            ),
+            ("SELECT 1; DELETE FROM t", "refused"),
+            ("SELECT 1; SELECT 2", "only one SQL statement per call"),
+            ("BEGIN", "transaction statements are refused"),
+            ("VACUUM", "refused"),
+            ("REPLACE INTO t(id, name) VALUES (1, 'z')", "refused"),
+            (
+                "WITH x AS (SELECT 1) INSERT INTO t(name) SELECT 'q' FROM x",
+                "INSERT is refused",
+            ),
+        ] {
+            let r = call(&s, "query_db", json!({ "sql": sql }));
+            assert_error(&r, why);
+            assert!(
+                text(&r).starts_with("query refused") || text(&r).contains("SQLite error"),
+                "{sql}: {r:?}"
+            );
+        }
+        // The connection still works and reads the unchanged data.
+        let r = call(
+            &s,
+            "query_db",
+            json!({"sql": "SELECT count(*), (SELECT user_version FROM pragma_user_version) FROM t"}),
+        );
+        assert_eq!(
+            r.structured.as_ref().unwrap()["rows"],
+            json!([[3, 0]]),
+            "{r:?}"
+        );
+        assert_eq!(hash(&path), before);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            before_mtime
+        );
+    }
+
+    const ENDLESS: &str =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c";
+
+    #[test]
+    fn an_endless_query_times_out_while_a_fast_call_is_served() {
+        let (_d, s, _) = fixture();
+        let order = RefCell::new(Vec::new());
+        run(async {
+            let slow = async {
+                let r = call_async(
+                    &s,
+                    "query_db",
+                    json!({ "sql": ENDLESS }),
+                    Instant::now() + Duration::from_millis(300),
+                    CancelFlag::default(),
+                )
+                .await;
+                order.borrow_mut().push("slow");
+                r
+            };
+            let fast = async {
+                // Let the slow query start first and move off the shard.
+                futures_lite::future::yield_now().await;
+                let r = call_async(
+                    &s,
+                    "query_db",
+                    json!({"sql": "SELECT 42"}),
+                    Instant::now() + Duration::from_secs(60),
+                    CancelFlag::default(),
+                )
+                .await;
+                order.borrow_mut().push("fast");
+                r
+            };
+            let (slow, fast) = futures_lite::future::zip(slow, fast).await;
+            assert_error(&slow, "timed out after 300 ms");
+            assert_eq!(fast.structured.unwrap()["rows"], json!([[42]]));
+        });
+        assert_eq!(*order.borrow(), ["fast", "slow"]);
+    }
+
+    #[test]
+    fn the_cancel_flag_stops_a_running_query() {
+        let (_d, s, _) = fixture();
+        let cancel = CancelFlag::default();
+        let r = run(async {
+            let query = call_async(
+                &s,
+                "query_db",
+                json!({ "sql": ENDLESS }),
+                Instant::now() + Duration::from_secs(600),
+                cancel.clone(),
+            );
+            let canceller = async {
+                futures_lite::future::yield_now().await;
+                cancel.cancel();
+            };
+            futures_lite::future::zip(query, canceller).await.0
+        });
+        assert_error(&r, "cancelled");
+    }
+}
