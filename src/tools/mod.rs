@@ -6,6 +6,7 @@
 //! database connections) without locks, which is why the future is not `Send`.
 
 pub mod common;
+pub mod db_schema;
 pub mod list_directory;
 pub mod query_db;
 pub mod read_file;
@@ -194,6 +195,7 @@ impl Registry {
             Box::new(read_multiple_files::ReadMultipleFiles::new()),
             Box::new(list_directory::ListDirectory::new()),
             Box::new(query_db::QueryDb::new()),
+            Box::new(db_schema::DbSchema::new()),
         ];
         Registry::new(tools)
     }
