@@ -76,7 +76,7 @@ impl Fingerprint {
     }
 
     /// The later of mtime and ctime, as nanoseconds since the epoch.
-    fn changed_ns(&self) -> i128 {
+    pub(crate) fn changed_ns(&self) -> i128 {
         let ns = |(s, n): (i64, i64)| s as i128 * 1_000_000_000 + n as i128;
         ns(self.mtime).max(ns(self.ctime))
     }
@@ -317,7 +317,7 @@ fn load(path: &Path) -> io::Result<Loaded> {
 }
 
 /// `CLOCK_REALTIME_COARSE`: the clock the kernel stamps inodes with.
-fn coarse_now_ns() -> i128 {
+pub(crate) fn coarse_now_ns() -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -7,17 +7,20 @@
 pub mod db;
 pub mod file_cache;
 pub mod roots;
+pub mod tree_cache;
 
 use crate::config::Config;
 
 use db::Databases;
 use file_cache::{FileCache, DEFAULT_FILE_CACHE_BYTES};
 use roots::Roots;
+use tree_cache::TreeCache;
 
 pub struct Storage {
     pub roots: Roots,
     pub files: FileCache,
     pub dbs: Databases,
+    pub trees: TreeCache,
 }
 
 impl Storage {
@@ -26,6 +29,7 @@ impl Storage {
             roots: Roots::new(config.roots.clone()),
             files: FileCache::new(DEFAULT_FILE_CACHE_BYTES),
             dbs: Databases::new(&config.databases)?,
+            trees: TreeCache::default(),
         })
     }
 }
