@@ -11,6 +11,7 @@ pub mod list_directory;
 pub mod query_db;
 pub mod read_file;
 pub mod read_multiple_files;
+pub mod search_code;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -194,6 +195,7 @@ impl Registry {
             Box::new(read_file::ReadFile::new()),
             Box::new(read_multiple_files::ReadMultipleFiles::new()),
             Box::new(list_directory::ListDirectory::new()),
+            Box::new(search_code::SearchCode::new()),
             Box::new(query_db::QueryDb::new()),
             Box::new(db_schema::DbSchema::new()),
         ];

@@ -1,0 +1,578 @@
+//! `search_code`: ripgrep-style search of the files under a path.
+//!
+//! The file list comes from the shard's walk cache (ignore rules, no hidden files,
+//! no symlinks); contents from the file cache. Literal queries use
+//! `memchr::memmem`; regexes and case-insensitive literals use `regex::bytes`.
+//! Files are read a batch at a time so that cold reads of large files overlap on the
+//! blocking pool, and the search yields to the shard between batches and stops at
+//! the deadline or on cancellation.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Instant;
+
+use ignore::overrides::{Override, OverrideBuilder};
+use memchr::memmem;
+use regex::bytes::{Regex, RegexBuilder};
+use serde_json::{json, Map, Value};
+
+use super::common::{
+    input_schema, join_all, no_unknown_args, opt_bool, opt_int, opt_str, req_str, resolve,
+    stop_reason,
+};
+use super::{Annotations, CallContext, Tool, ToolFuture, ToolResult, ToolSpec};
+use crate::storage::file_cache::{CachedFile, FileError};
+
+/// Matches returned when `max_results` is not given.
+pub const DEFAULT_MAX_RESULTS: u64 = 100;
+/// The largest `max_results` accepted.
+pub const MAX_RESULTS_LIMIT: u64 = 1000;
+/// The largest `context` accepted (lines before and after each match).
+pub const MAX_CONTEXT: u64 = 10;
+/// Bytes of one line shown; longer lines are cut with "…".
+pub const MAX_LINE_BYTES: usize = 400;
+/// Bytes of a compiled regex; a larger one is refused as too complex.
+pub const MAX_REGEX_BYTES: usize = 1024 * 1024;
+/// Longest query accepted.
+pub const MAX_QUERY_BYTES: usize = 4096;
+/// Files read concurrently per batch.
+pub const SEARCH_BATCH: usize = 32;
+
+/// What the query matches with.
+enum Matcher {
+    Literal(memmem::Finder<'static>),
+    Regex(Regex),
+}
+
+impl Matcher {
+    fn new(query: &str, regex: bool, case_sensitive: bool) -> Result<Matcher, ToolResult> {
+        if !regex && case_sensitive {
+            return Ok(Matcher::Literal(
+                memmem::Finder::new(query.as_bytes()).into_owned(),
+            ));
+        }
+        let pattern = if regex {
+            query.to_string()
+        } else {
+            regex::escape(query)
+        };
+        RegexBuilder::new(&pattern)
+            .case_insensitive(!case_sensitive)
+            .multi_line(true)
+            .size_limit(MAX_REGEX_BYTES)
+            .build()
+            .map(Matcher::Regex)
+            .map_err(|e| {
+                ToolResult::error(format!(
+                    "invalid regex: {e}\n(set `regex: false` to search for the text literally)"
+                ))
+            })
+    }
+
+    /// Start offsets of matches at or after `from`.
+    fn find(&self, hay: &[u8], from: usize) -> Option<usize> {
+        match self {
+            Matcher::Literal(f) => f.find(&hay[from..]).map(|i| i + from),
+            Matcher::Regex(r) => r.find_at(hay, from).map(|m| m.start()),
+        }
+    }
+}
+
+/// One matching line.
+struct Hit {
+    line: usize,
+    text: String,
+    before: Vec<String>,
+    after: Vec<String>,
+}
+
+fn show(line: &[u8]) -> String {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.len() <= MAX_LINE_BYTES {
+        String::from_utf8_lossy(line).into_owned()
+    } else {
+        format!("{}…", String::from_utf8_lossy(&line[..MAX_LINE_BYTES]))
+    }
+}
+
+/// The byte range of the line containing `at`, without its `\n`.
+fn line_bounds(hay: &[u8], at: usize) -> (usize, usize) {
+    let start = memchr::memrchr(b'\n', &hay[..at]).map_or(0, |i| i + 1);
+    let end = memchr::memchr(b'\n', &hay[at..]).map_or(hay.len(), |i| at + i);
+    (start, end)
+}
+
+/// Every matching line of one file, at most `limit`.
+fn search_file(m: &Matcher, hay: &[u8], context: usize, limit: usize) -> Vec<Hit> {
+    let mut hits = Vec::new();
+    let mut pos = 0;
+    let mut line_no = 1;
+    let mut counted_to = 0;
+    while hits.len() < limit && pos <= hay.len() {
+        let Some(at) = m.find(hay, pos) else { break };
+        let (start, end) = line_bounds(hay, at.min(hay.len()));
+        line_no += memchr::memchr_iter(b'\n', &hay[counted_to..start]).count();
+        counted_to = start;
+        let mut before = Vec::new();
+        let mut s = start;
+        while before.len() < context && s > 0 {
+            let (ps, pe) = line_bounds(hay, s - 1);
+            before.push(show(&hay[ps..pe]));
+            s = ps;
+        }
+        before.reverse();
+        let mut after = Vec::new();
+        let mut e = end;
+        while after.len() < context && e < hay.len() {
+            let (ns, ne) = line_bounds(hay, e + 1);
+            if ns >= hay.len() {
+                break;
+            }
+            after.push(show(&hay[ns..ne]));
+            e = ne;
+        }
+        hits.push(Hit {
+            line: line_no,
+            text: show(&hay[start..end]),
+            before,
+            after,
+        });
+        pos = end + 1; // one hit per line
+    }
+    hits
+}
+
+struct Args {
+    query: String,
+    path: String,
+    regex: bool,
+    case_sensitive: bool,
+    glob: Option<String>,
+    max_results: usize,
+    context: usize,
+}
+
+fn parse(args: &Map<String, Value>) -> Result<Args, ToolResult> {
+    no_unknown_args(
+        args,
+        &[
+            "query",
+            "path",
+            "regex",
+            "case_sensitive",
+            "glob",
+            "max_results",
+            "context",
+        ],
+    )?;
+    let query = req_str(args, "query")?.to_string();
+    if query.is_empty() || query.len() > MAX_QUERY_BYTES {
+        return Err(ToolResult::error(format!(
+            "`query` must be 1 to {MAX_QUERY_BYTES} bytes"
+        )));
+    }
+    Ok(Args {
+        query,
+        path: opt_str(args, "path")?.unwrap_or(".").to_string(),
+        regex: opt_bool(args, "regex")?.unwrap_or(false),
+        case_sensitive: opt_bool(args, "case_sensitive")?.unwrap_or(true),
+        glob: opt_str(args, "glob")?.map(str::to_string),
+        max_results: opt_int(args, "max_results", 1, MAX_RESULTS_LIMIT)?
+            .unwrap_or(DEFAULT_MAX_RESULTS) as usize,
+        context: opt_int(args, "context", 0, MAX_CONTEXT)?.unwrap_or(0) as usize,
+    })
+}
+
+fn glob_filter(dir: &std::path::Path, glob: Option<&str>) -> Result<Option<Override>, ToolResult> {
+    let Some(glob) = glob else { return Ok(None) };
+    let bad = |e: ignore::Error| ToolResult::error(format!("invalid glob `{glob}`: {e}"));
+    let mut b = OverrideBuilder::new(dir);
+    b.add(glob).map_err(bad)?;
+    b.build().map(Some).map_err(bad)
+}
+
+async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
+    let start = Instant::now();
+    let matcher = match Matcher::new(&a.query, a.regex, a.case_sensitive) {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    let target = match resolve(cx, &a.path) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    let storage = &cx.shard.storage;
+    let Some(root) = storage.roots.root_of(&target.real).map(|r| r.to_path_buf()) else {
+        return ToolResult::error(format!("`{}` is outside the allowed roots", a.path));
+    };
+    let (files, walk_truncated): (Vec<PathBuf>, bool) = if target.real.is_dir() {
+        let tree = storage.trees.files(&target.real, &root).await;
+        let filter = match glob_filter(&target.real, a.glob.as_deref()) {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
+        let files = tree
+            .files
+            .iter()
+            .filter(|p| storage.roots.contains(p))
+            .filter(|p| {
+                filter
+                    .as_ref()
+                    .is_none_or(|f| !f.matched(p, false).is_ignore())
+            })
+            .cloned()
+            .collect();
+        (files, tree.truncated)
+    } else {
+        (vec![target.real.clone()], false)
+    };
+
+    let mut matches = Vec::new();
+    let mut text = String::new();
+    let mut truncated = false;
+    let (mut searched, mut binary, mut unreadable) = (0usize, 0usize, 0usize);
+    'batches: for batch in files.chunks(SEARCH_BATCH) {
+        if let Some(stop) = stop_reason(cx, start) {
+            return stop;
+        }
+        glommio::yield_if_needed().await;
+        let reads = batch
+            .iter()
+            .map(|p| {
+                Box::pin(storage.files.read(p))
+                    as std::pin::Pin<
+                        Box<dyn std::future::Future<Output = Result<Rc<CachedFile>, FileError>>>,
+                    >
+            })
+            .collect();
+        let contents = join_all(reads).await;
+        for (path, content) in batch.iter().zip(contents) {
+            let Ok(file) = content else {
+                unreadable += 1;
+                continue;
+            };
+            if file.is_binary() {
+                binary += 1;
+                continue;
+            }
+            searched += 1;
+            let left = a.max_results - matches.len();
+            let hits = search_file(&matcher, &file.bytes, a.context, left + 1);
+            let display = storage.roots.display(path);
+            for hit in hits {
+                if matches.len() == a.max_results {
+                    truncated = true;
+                    break 'batches;
+                }
+                for (i, b) in hit.before.iter().enumerate() {
+                    text.push_str(&format!(
+                        "{display}-{}- {b}\n",
+                        hit.line - hit.before.len() + i
+                    ));
+                }
+                text.push_str(&format!("{display}:{}: {}\n", hit.line, hit.text));
+                for (i, b) in hit.after.iter().enumerate() {
+                    text.push_str(&format!("{display}-{}- {b}\n", hit.line + 1 + i));
+                }
+                let mut m = json!({"path": display, "line": hit.line, "text": hit.text});
+                if a.context > 0 {
+                    m["before"] = json!(hit.before);
+                    m["after"] = json!(hit.after);
+                }
+                matches.push(m);
+            }
+        }
+    }
+    if matches.is_empty() {
+        text.push_str(&format!(
+            "no matches for {:?} in {} file(s)\n",
+            a.query, searched
+        ));
+    }
+    if truncated {
+        text.push_str(&format!(
+            "[… stopped at max_results={}; narrow `path` or `glob`, or raise max_results]\n",
+            a.max_results
+        ));
+    }
+    if walk_truncated {
+        text.push_str(&format!(
+            "[… the directory has more than {} files; only those were searched; narrow `path`]\n",
+            crate::storage::tree_cache::MAX_WALK_FILES
+        ));
+    }
+    ToolResult::structured(
+        json!({
+            "matches": matches,
+            "truncated": truncated || walk_truncated,
+            "files_searched": searched,
+            "binary_files_skipped": binary,
+            "unreadable_files": unreadable,
+        }),
+        text,
+    )
+}
+
+pub struct SearchCode {
+    spec: ToolSpec,
+}
+
+impl SearchCode {
+    pub fn new() -> SearchCode {
+        SearchCode {
+            spec: ToolSpec {
+                name: "search_code",
+                title: "Search code",
+                description: "Search file contents under a path, like ripgrep: .gitignore/.ignore rules are respected and \
+                    hidden and binary files skipped. The query is literal text unless `regex` is true (Rust regex syntax; \
+                    ^ and $ match at line ends). Returns one line per match as `path:line: text`, plus structured matches; \
+                    with `context` > 0 also the lines around each. Stops at `max_results` with `truncated: true`. \
+                    Narrow with `path` (a directory or one file) and `glob` (e.g. \"*.rs\", \"src/**/*.ts\", \"!*.md\").",
+                input_schema: input_schema(
+                    json!({
+                        "query": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_BYTES, "description": "Text to find (or a regex when `regex` is true)."},
+                        "path": {"type": "string", "description": "Directory or file to search, relative to the first root or absolute inside a root. Default: the first root."},
+                        "regex": {"type": "boolean", "description": "Treat `query` as a regular expression. Default false."},
+                        "case_sensitive": {"type": "boolean", "description": "Match case exactly. Default true."},
+                        "glob": {"type": "string", "description": "Only search files whose path (relative to `path`) matches this glob; a leading ! excludes instead."},
+                        "max_results": {"type": "integer", "minimum": 1, "maximum": MAX_RESULTS_LIMIT, "description": "Most matching lines to return. Default 100."},
+                        "context": {"type": "integer", "minimum": 0, "maximum": MAX_CONTEXT, "description": "Lines of context before and after each match. Default 0."},
+                    }),
+                    &["query"],
+                ),
+                output_schema: Some(json!({
+                    "type": "object",
+                    "properties": {
+                        "matches": {"type": "array", "items": {
+                            "type": "object",
+                            "properties": {
+                                "path": {"type": "string"},
+                                "line": {"type": "integer", "description": "1-based line number."},
+                                "text": {"type": "string"},
+                                "before": {"type": "array", "items": {"type": "string"}},
+                                "after": {"type": "array", "items": {"type": "string"}},
+                            },
+                            "required": ["path", "line", "text"],
+                        }},
+                        "truncated": {"type": "boolean"},
+                        "files_searched": {"type": "integer"},
+                        "binary_files_skipped": {"type": "integer"},
+                        "unreadable_files": {"type": "integer"},
+                    },
+                    "required": ["matches", "truncated"],
+                })),
+                annotations: Annotations::READ_ONLY,
+            },
+        }
+    }
+}
+
+impl Tool for SearchCode {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call<'a>(&'a self, cx: &'a CallContext<'a>, args: Map<String, Value>) -> ToolFuture<'a> {
+        Box::pin(async move {
+            match parse(&args) {
+                Ok(a) => search(cx, a).await,
+                Err(e) => e,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::common::testing::{assert_error, call, call_async, run, shard, text};
+    use crate::tools::CancelFlag;
+    use std::fs;
+    use std::time::Duration;
+
+    fn fixture() -> (tempfile::TempDir, crate::shard::Shard) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        fs::create_dir_all(p.join("src")).unwrap();
+        fs::create_dir_all(p.join("target")).unwrap();
+        fs::write(
+            p.join("src/main.rs"),
+            "fn main() {\n    let x = Foo::new();\n    x.run();\n}\n",
+        )
+        .unwrap();
+        fs::write(
+            p.join("src/lib.rs"),
+            "pub struct Foo;\nimpl Foo {}\n// foo in lowercase\n",
+        )
+        .unwrap();
+        fs::write(p.join("README.md"), "Foo is documented here\n").unwrap();
+        fs::write(p.join("target/gen.rs"), "Foo generated\n").unwrap();
+        fs::write(p.join(".gitignore"), "target/\n").unwrap();
+        fs::write(p.join(".secret"), "Foo hidden\n").unwrap();
+        fs::write(p.join("blob.bin"), b"Foo\0\x01\x02").unwrap();
+        let s = shard(vec![p.into()], vec![]);
+        (d, s)
+    }
+
+    fn paths(r: &ToolResult) -> Vec<String> {
+        r.structured.as_ref().unwrap()["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| format!("{}:{}", m["path"].as_str().unwrap(), m["line"]))
+            .collect()
+    }
+
+    #[test]
+    fn literal_search_respects_ignores_hidden_and_binary() {
+        let (_d, s) = fixture();
+        let r = call(&s, "search_code", json!({"query": "Foo"}));
+        assert!(!r.is_error, "{r:?}");
+        assert_eq!(
+            paths(&r),
+            [
+                "README.md:1",
+                "src/lib.rs:1",
+                "src/lib.rs:2",
+                "src/main.rs:2"
+            ]
+        );
+        assert!(text(&r).contains("src/main.rs:2:     let x = Foo::new();\n"));
+        let st = r.structured.as_ref().unwrap();
+        assert_eq!(st["truncated"], false);
+        assert_eq!(st["binary_files_skipped"], 1);
+    }
+
+    #[test]
+    fn regex_case_glob_context_and_limits() {
+        let (_d, s) = fixture();
+        let r = call(
+            &s,
+            "search_code",
+            json!({"query": "foo", "case_sensitive": false, "glob": "*.rs"}),
+        );
+        assert_eq!(
+            paths(&r),
+            [
+                "src/lib.rs:1",
+                "src/lib.rs:2",
+                "src/lib.rs:3",
+                "src/main.rs:2"
+            ]
+        );
+        let r = call(
+            &s,
+            "search_code",
+            json!({"query": r"^\s+x\.\w+\(", "regex": true, "path": "src/main.rs", "context": 1}),
+        );
+        assert_eq!(
+            r.structured.as_ref().unwrap()["matches"],
+            json!([{"path": "src/main.rs", "line": 3, "text": "    x.run();", "before": ["    let x = Foo::new();"], "after": ["}"]}])
+        );
+        assert_eq!(text(&r), "src/main.rs-2-     let x = Foo::new();\nsrc/main.rs:3:     x.run();\nsrc/main.rs-4- }\n");
+        let r = call(&s, "search_code", json!({"query": "Foo", "max_results": 2}));
+        assert_eq!(paths(&r).len(), 2);
+        assert_eq!(r.structured.as_ref().unwrap()["truncated"], true);
+        assert!(text(&r).contains("stopped at max_results=2"));
+        let r = call(
+            &s,
+            "search_code",
+            json!({"query": "Foo", "glob": "!*.md", "path": "."}),
+        );
+        assert!(!paths(&r).iter().any(|p| p.starts_with("README")));
+        let r = call(&s, "search_code", json!({"query": "nothing-like-this"}));
+        assert!(!r.is_error);
+        assert!(text(&r).starts_with("no matches"));
+    }
+
+    #[test]
+    fn failures_and_escapes() {
+        let (d, s) = fixture();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("o.rs"), "Foo outside\n").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("src/out")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("o.rs"), d.path().join("src/o.rs")).unwrap();
+        let r = call(&s, "search_code", json!({"query": "outside"}));
+        assert!(paths(&r).is_empty(), "{r:?}");
+        assert_error(
+            &call(&s, "search_code", json!({"query": "x", "path": "src/out"})),
+            "outside the allowed roots",
+        );
+        assert_error(
+            &call(&s, "search_code", json!({"query": "x", "path": "../"})),
+            "outside the allowed roots",
+        );
+        assert_error(
+            &call(&s, "search_code", json!({"query": "(", "regex": true})),
+            "invalid regex",
+        );
+        assert_error(
+            &call(&s, "search_code", json!({"query": ""})),
+            "`query` must be 1 to",
+        );
+        assert_error(
+            &call(&s, "search_code", json!({"query": "x", "glob": "{"})),
+            "invalid glob",
+        );
+        assert_error(
+            &call(&s, "search_code", json!({"query": "x", "context": 99})),
+            "`context` must be",
+        );
+        assert_error(
+            &call(&s, "search_code", json!({"query": "x", "path": "nope"})),
+            "does not exist",
+        );
+    }
+
+    #[test]
+    fn sees_new_and_changed_files() {
+        let (d, s) = fixture();
+        assert_eq!(
+            paths(&call(&s, "search_code", json!({"query": "Bar"}))).len(),
+            0
+        );
+        fs::write(d.path().join("src/new.rs"), "Bar\n").unwrap();
+        fs::write(d.path().join("src/lib.rs"), "Bar\n").unwrap();
+        assert_eq!(
+            paths(&call(&s, "search_code", json!({"query": "Bar"}))),
+            ["src/lib.rs:1", "src/new.rs:1"]
+        );
+    }
+
+    #[test]
+    fn stops_when_cancelled_or_past_the_deadline() {
+        let (_d, s) = fixture();
+        let cancel = CancelFlag::default();
+        cancel.cancel();
+        let far = Instant::now() + Duration::from_secs(60);
+        let r = run(call_async(
+            &s,
+            "search_code",
+            json!({"query": "Foo"}),
+            far,
+            cancel,
+        ));
+        assert_error(&r, "cancelled");
+        let past = Instant::now();
+        let r = run(call_async(
+            &s,
+            "search_code",
+            json!({"query": "Foo"}),
+            past,
+            CancelFlag::default(),
+        ));
+        assert_error(&r, "timed out");
+    }
+
+    #[test]
+    fn line_numbers_and_context_at_edges() {
+        let m = Matcher::new("x", false, true).unwrap();
+        let hits = search_file(&m, b"x\na\nx x\n\nx", 2, 10);
+        let lines: Vec<usize> = hits.iter().map(|h| h.line).collect();
+        assert_eq!(lines, [1, 3, 5]);
+        assert_eq!(hits[0].before, Vec::<String>::new());
+        assert_eq!(hits[0].after, ["a", "x x"]);
+        assert_eq!(hits[2].before, ["x x", ""]);
+        assert!(hits[2].after.is_empty());
+    }
+}
