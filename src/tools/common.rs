@@ -107,10 +107,12 @@ pub fn stop_reason(cx: &CallContext<'_>, start: Instant) -> Option<ToolResult> {
     }
 }
 
+/// A boxed shard-local future.
+pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
 /// Runs futures concurrently on this shard and returns their outputs in order.
-pub async fn join_all<'a, T>(futures: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>) -> Vec<T> {
-    let mut pending: Vec<Option<Pin<Box<dyn Future<Output = T> + 'a>>>> =
-        futures.into_iter().map(Some).collect();
+pub async fn join_all<'a, T>(futures: Vec<LocalBoxFuture<'a, T>>) -> Vec<T> {
+    let mut pending: Vec<Option<LocalBoxFuture<'a, T>>> = futures.into_iter().map(Some).collect();
     let mut done: Vec<Option<T>> = pending.iter().map(|_| None).collect();
     poll_fn(|cx| {
         let mut all = true;
@@ -214,5 +216,36 @@ pub mod testing {
             "{:?} does not contain {needle:?}",
             text(r)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::tools::Registry;
+
+    #[test]
+    fn builtin_tools_are_read_only_with_strict_described_schemas() {
+        let r = Registry::builtin();
+        let names: Vec<&str> = r.tools().map(|t| t.spec().name).collect();
+        assert_eq!(
+            names,
+            ["read_file", "read_multiple_files", "list_directory", "search_code", "query_db", "db_schema"]
+        );
+        for t in r.tools() {
+            let s = t.spec();
+            let a = s.annotations;
+            assert!(a.read_only && !a.destructive && a.idempotent && !a.open_world, "{}", s.name);
+            let schema = &s.input_schema;
+            assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+            assert_eq!(schema["additionalProperties"], false, "{}", s.name);
+            for (prop, def) in schema["properties"].as_object().unwrap() {
+                assert!(def["description"].as_str().is_some_and(|d| d.len() > 10), "{}.{prop}", s.name);
+            }
+            let json = s.to_json();
+            assert_eq!(json["annotations"]["readOnlyHint"], true);
+            if s.name != "read_file" {
+                assert_eq!(json["outputSchema"]["type"], "object", "{}", s.name);
+            }
+        }
     }
 }

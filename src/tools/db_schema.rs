@@ -201,6 +201,12 @@ impl DbSchema {
     }
 }
 
+impl Default for DbSchema {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Tool for DbSchema {
     fn spec(&self) -> &ToolSpec {
         &self.spec

@@ -110,6 +110,12 @@ fn list(cx: &CallContext<'_>, args: &Map<String, Value>) -> Result<ToolResult, T
     ))
 }
 
+impl Default for ListDirectory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Tool for ListDirectory {
     fn spec(&self) -> &ToolSpec {
         &self.spec

@@ -253,6 +253,12 @@ impl QueryDb {
     }
 }
 
+impl Default for QueryDb {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Tool for QueryDb {
     fn spec(&self) -> &ToolSpec {
         &self.spec

@@ -169,6 +169,12 @@ impl ReadFile {
     }
 }
 
+impl Default for ReadFile {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Tool for ReadFile {
     fn spec(&self) -> &ToolSpec {
         &self.spec

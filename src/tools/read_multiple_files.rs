@@ -1,12 +1,9 @@
 //! `read_multiple_files`: several text files in one call, read concurrently; each
 //! file succeeds or fails on its own.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use serde_json::{json, Map, Value};
 
-use super::common::{input_schema, join_all, no_unknown_args};
+use super::common::{input_schema, join_all, no_unknown_args, LocalBoxFuture};
 use super::read_file::{read_excerpt, Excerpt, MAX_READ_BYTES};
 use super::{Annotations, CallContext, Content, Tool, ToolFuture, ToolResult, ToolSpec};
 
@@ -91,6 +88,12 @@ fn parse(args: &Map<String, Value>) -> Result<Vec<String>, ToolResult> {
         .collect()
 }
 
+impl Default for ReadMultipleFiles {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Tool for ReadMultipleFiles {
     fn spec(&self) -> &ToolSpec {
         &self.spec
@@ -102,12 +105,12 @@ impl Tool for ReadMultipleFiles {
                 Ok(p) => p,
                 Err(e) => return e,
             };
-            let reads: Vec<Pin<Box<dyn Future<Output = Result<Excerpt, ToolResult>> + 'a>>> = paths
+            let reads: Vec<LocalBoxFuture<'a, Result<Excerpt, ToolResult>>> = paths
                 .iter()
                 .map(|p| {
                     let p = p.clone();
                     Box::pin(async move { read_excerpt(cx, &p, 1, None, MAX_READ_BYTES).await })
-                        as Pin<Box<dyn Future<Output = _>>>
+                        as LocalBoxFuture<'a, _>
                 })
                 .collect();
             let results = join_all(reads).await;

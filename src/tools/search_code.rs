@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::common::{
     input_schema, join_all, no_unknown_args, opt_bool, opt_int, opt_str, req_str, resolve,
-    stop_reason,
+    stop_reason, LocalBoxFuture,
 };
 use super::{Annotations, CallContext, Tool, ToolFuture, ToolResult, ToolSpec};
 use crate::storage::file_cache::{CachedFile, FileError};
@@ -40,16 +40,15 @@ pub const SEARCH_BATCH: usize = 32;
 
 /// What the query matches with.
 enum Matcher {
-    Literal(memmem::Finder<'static>),
+    Literal(Box<memmem::Finder<'static>>),
     Regex(Regex),
 }
 
 impl Matcher {
     fn new(query: &str, regex: bool, case_sensitive: bool) -> Result<Matcher, ToolResult> {
         if !regex && case_sensitive {
-            return Ok(Matcher::Literal(
-                memmem::Finder::new(query.as_bytes()).into_owned(),
-            ));
+            let finder = memmem::Finder::new(query.as_bytes()).into_owned();
+            return Ok(Matcher::Literal(Box::new(finder)));
         }
         let pattern = if regex {
             query.to_string()
@@ -240,9 +239,7 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
             .iter()
             .map(|p| {
                 Box::pin(storage.files.read(p))
-                    as std::pin::Pin<
-                        Box<dyn std::future::Future<Output = Result<Rc<CachedFile>, FileError>>>,
-                    >
+                    as LocalBoxFuture<'_, Result<Rc<CachedFile>, FileError>>
             })
             .collect();
         let contents = join_all(reads).await;
@@ -364,6 +361,12 @@ impl SearchCode {
                 annotations: Annotations::READ_ONLY,
             },
         }
+    }
+}
+
+impl Default for SearchCode {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
