@@ -541,6 +541,39 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_dropped_call_stops_its_query_on_the_pool() {
+        let (_d, s, _) = fixture();
+        run(async {
+            let far = Instant::now() + Duration::from_secs(600);
+            let endless = call_async(
+                &s,
+                "query_db",
+                json!({ "sql": ENDLESS }),
+                far,
+                CancelFlag::default(),
+            );
+            // The call moves to the pool, then loses the race and is dropped.
+            let dropped = futures_lite::future::or(async { Some(endless.await) }, async {
+                futures_lite::future::yield_now().await;
+                None
+            })
+            .await;
+            assert!(dropped.is_none());
+            // The pool has one thread: this runs only once the abandoned query stopped.
+            // (The timer only keeps a regression from hanging the test run.)
+            let freed = futures_lite::future::or(
+                async { Some(glommio::executor().spawn_blocking(|| "freed").await) },
+                async {
+                    glommio::timer::sleep(Duration::from_secs(60)).await;
+                    None
+                },
+            )
+            .await;
+            assert_eq!(freed, Some("freed"));
+        });
+    }
+
+    #[test]
     fn the_cancel_flag_stops_a_running_query() {
         let (_d, s, _) = fixture();
         let cancel = CancelFlag::default();
