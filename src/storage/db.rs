@@ -91,6 +91,8 @@ pub enum DbError {
     Refused(String),
     /// SQLite rejected the query (syntax, missing table, bad parameter…).
     Sql(String),
+    /// A writer held the database locked for longer than the call could wait.
+    Busy,
     TimedOut,
     Cancelled,
 }
@@ -113,6 +115,7 @@ impl Conn {
             rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::AuthorizationForStatementDenied => {
                 DbError::Refused(format!("refused by the read-only policy: {e}"))
             }
+            rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::DatabaseBusy => DbError::Busy,
             rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::OperationInterrupted => DbError::Cancelled,
             rusqlite::Error::MultipleStatement => DbError::Refused(
                 "only one SQL statement per call is allowed; send each statement in its own query_db call".into(),
@@ -185,8 +188,10 @@ impl Db {
         let mut conn = self.take()?;
         let budget_end = Instant::now() + INLINE_QUERY_BUDGET;
         let (outcome, stop) = watched(&mut conn, limits, Some(budget_end), &abandoned.0, &work);
-        let busy = matches!(&outcome, Err(DbError::Sql(m)) if m.contains("database is locked"));
-        if stop != STOP_BUDGET && !busy {
+        // Out of budget, or locked by a writer: worth waiting for, off the shard.
+        let retry =
+            matches!(&outcome, Err(DbError::Busy)) || (outcome.is_err() && stop == STOP_BUDGET);
+        if !retry {
             self.put(conn);
             return outcome;
         }

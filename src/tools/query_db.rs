@@ -168,6 +168,10 @@ pub fn db_error(e: DbError, cx: &CallContext<'_>, start: Instant) -> ToolResult 
     match e {
         DbError::Refused(why) => ToolResult::error(format!("query refused: {why}")),
         DbError::Sql(msg) => ToolResult::error(format!("SQLite error: {msg}")),
+        DbError::Busy => ToolResult::error(format!(
+            "the database stayed locked by a writer (waited up to {} s); try again shortly",
+            crate::storage::db::MAX_BUSY_WAIT.as_secs()
+        )),
         DbError::TimedOut => timed_out(budget(cx, start)),
         DbError::Cancelled => cancelled(),
     }
@@ -571,6 +575,25 @@ pub(crate) mod tests {
             .await;
             assert_eq!(freed, Some("freed"));
         });
+    }
+
+    #[test]
+    fn a_database_locked_by_a_writer_is_waited_for_off_the_shard_then_reported() {
+        let (_d, s, path) = fixture();
+        let writer = rusqlite::Connection::open(&path).unwrap();
+        writer.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let soon = Instant::now() + Duration::from_millis(200);
+        let r = run(call_async(
+            &s,
+            "query_db",
+            json!({"sql": "SELECT count(*) FROM t"}),
+            soon,
+            CancelFlag::default(),
+        ));
+        assert_error(&r, "locked by a writer");
+        writer.execute_batch("COMMIT").unwrap();
+        let r = call(&s, "query_db", json!({"sql": "SELECT count(*) FROM t"}));
+        assert_eq!(r.structured.unwrap()["rows"], json!([[3]]));
     }
 
     #[test]
