@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::dispatch::Inflight;
 use crate::protocol::session::SessionTable;
 use crate::storage::Storage;
 use crate::tools::Registry;
@@ -17,6 +18,8 @@ pub struct Shard {
     pub tools: Registry,
     pub storage: Storage,
     pub sessions: Arc<SessionTable>,
+    /// Tool calls running on this shard, for cancellation.
+    pub inflight: Inflight,
 }
 
 impl Shard {
@@ -28,6 +31,7 @@ impl Shard {
             tools: Registry::builtin(),
             storage,
             sessions,
+            inflight: Inflight::default(),
         })
     }
 }
