@@ -133,7 +133,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: DEFAULT_LISTEN.parse().expect("default listen address parses"),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses"),
             shards: 0,
             cpus: Vec::new(),
             roots: Vec::new(),

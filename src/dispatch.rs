@@ -30,7 +30,9 @@ pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub enum Via<'h> {
     Http(HttpMeta<'h>),
     /// stdio: the revision `initialize` negotiated on this stream, if any.
-    Stdio { negotiated: Option<u8> },
+    Stdio {
+        negotiated: Option<u8>,
+    },
 }
 
 /// The MCP headers of an HTTP request, and the session they named (already checked).
@@ -123,7 +125,14 @@ pub async fn handle(shard: &Shard, via: &Via<'_>, msg: &Message<'_>, out: &mut V
         Some(raw) => match serde_json::from_str(raw.get()) {
             Ok(p) => p,
             Err(e) => {
-                return reply_error(out, id, jsonrpc::INVALID_PARAMS, &format!("invalid params: {e}"), None, 200);
+                return reply_error(
+                    out,
+                    id,
+                    jsonrpc::INVALID_PARAMS,
+                    &format!("invalid params: {e}"),
+                    None,
+                    200,
+                );
             }
         },
     };
@@ -177,7 +186,14 @@ pub async fn handle(shard: &Shard, via: &Via<'_>, msg: &Message<'_>, out: &mut V
             };
             // The stateless revision answers an unknown method with 404 over HTTP.
             let status = if era == Era::Stateless { 404 } else { 200 };
-            reply_error(out, Some(id), jsonrpc::METHOD_NOT_FOUND, &message, None, status)
+            reply_error(
+                out,
+                Some(id),
+                jsonrpc::METHOD_NOT_FOUND,
+                &message,
+                None,
+                status,
+            )
         }
     }
 }
@@ -194,7 +210,10 @@ fn stateless_result(result: &mut Value, cacheable: bool) {
         obj.insert("ttlMs".into(), LIST_TTL_MS.into());
         obj.insert("cacheScope".into(), "public".into());
     }
-    obj.insert("_meta".into(), json!({ era::META_SERVER_INFO: server_info() }));
+    obj.insert(
+        "_meta".into(),
+        json!({ era::META_SERVER_INFO: server_info() }),
+    );
 }
 
 const INSTRUCTIONS: &str = "coremcp serves read-only tools over local files and SQLite databases: \
@@ -234,7 +253,14 @@ impl Refusal {
     }
 
     fn write(self, out: &mut Vec<u8>, id: Option<&RawValue>) -> Outcome {
-        reply_error(out, id, self.code, &self.message, self.data.as_ref(), self.status)
+        reply_error(
+            out,
+            id,
+            self.code,
+            &self.message,
+            self.data.as_ref(),
+            self.status,
+        )
     }
 }
 
@@ -269,7 +295,12 @@ struct Resolved<'h> {
 /// other message belongs to the handshake era of its session (HTTP) or stream
 /// (stdio), and is never answered with a stateless-era error code: a dual-era
 /// client reads those codes as "this server is modern" and would not fall back.
-fn resolve<'h>(shard: &Shard, via: &Via<'h>, method: &str, params: &Params<'_>) -> Result<Resolved<'h>, Refusal> {
+fn resolve<'h>(
+    shard: &Shard,
+    via: &Via<'h>,
+    method: &str,
+    params: &Params<'_>,
+) -> Result<Resolved<'h>, Refusal> {
     let header = match via {
         Via::Http(h) => h.protocol_version,
         Via::Stdio { .. } => None,
@@ -280,12 +311,17 @@ fn resolve<'h>(shard: &Shard, via: &Via<'h>, method: &str, params: &Params<'_>) 
         Some(other) => {
             return Err(Refusal::new(
                 jsonrpc::INVALID_PARAMS,
-                format!("`_meta[\"{}\"]` must be a string, got {other}", era::META_PROTOCOL_VERSION),
+                format!(
+                    "`_meta[\"{}\"]` must be a string, got {other}",
+                    era::META_PROTOCOL_VERSION
+                ),
                 400,
             ))
         }
     };
-    let stateless = meta_version.is_some() || method == "server/discover" || header.is_some_and(era::is_stateless);
+    let stateless = meta_version.is_some()
+        || method == "server/discover"
+        || header.is_some_and(era::is_stateless);
     if stateless {
         check_stateless(via, method, params, header, meta_version)?;
         return Ok(Resolved {
@@ -331,7 +367,8 @@ fn resolve<'h>(shard: &Shard, via: &Via<'h>, method: &str, params: &Params<'_>) 
                 }),
                 Lookup::Unknown => Err(Refusal::new(
                     jsonrpc::INVALID_REQUEST,
-                    "unknown or expired session: send initialize again without Mcp-Session-Id".into(),
+                    "unknown or expired session: send initialize again without Mcp-Session-Id"
+                        .into(),
                     404,
                 )),
             }
@@ -368,19 +405,35 @@ fn check_stateless(
     }
     match h.mcp_method.map(decode_header) {
         None => return Err(mismatch("missing Mcp-Method header".into())),
-        Some(None) => return Err(mismatch("Mcp-Method header is not valid =?base64?…?= encoding".into())),
+        Some(None) => {
+            return Err(mismatch(
+                "Mcp-Method header is not valid =?base64?…?= encoding".into(),
+            ))
+        }
         Some(Some(hm)) if hm != method => {
-            return Err(mismatch(format!("Mcp-Method header ({hm}) does not match the body's method ({method})")))
+            return Err(mismatch(format!(
+                "Mcp-Method header ({hm}) does not match the body's method ({method})"
+            )))
         }
         Some(Some(_)) => {}
     }
     if method == "tools/call" {
         let body_name = params.name.as_deref().unwrap_or("");
         match h.mcp_name.map(decode_header) {
-            None => return Err(mismatch("missing Mcp-Name header (tools/call sends the tool name)".into())),
-            Some(None) => return Err(mismatch("Mcp-Name header is not valid =?base64?…?= encoding".into())),
+            None => {
+                return Err(mismatch(
+                    "missing Mcp-Name header (tools/call sends the tool name)".into(),
+                ))
+            }
+            Some(None) => {
+                return Err(mismatch(
+                    "Mcp-Name header is not valid =?base64?…?= encoding".into(),
+                ))
+            }
             Some(Some(hn)) if hn != body_name => {
-                return Err(mismatch(format!("Mcp-Name header ({hn}) does not match params.name ({body_name})")))
+                return Err(mismatch(format!(
+                    "Mcp-Name header ({hn}) does not match params.name ({body_name})"
+                )))
             }
             Some(Some(_)) => {}
         }
@@ -390,10 +443,10 @@ fn check_stateless(
 
 /// `_meta` must name the revision and the client's capabilities.
 fn check_meta(params: &Params<'_>, meta_version: Option<&str>) -> Result<(), Refusal> {
-    let has_caps = params
-        .meta
-        .as_ref()
-        .is_some_and(|m| m.get(era::META_CLIENT_CAPABILITIES).is_some_and(Value::is_object));
+    let has_caps = params.meta.as_ref().is_some_and(|m| {
+        m.get(era::META_CLIENT_CAPABILITIES)
+            .is_some_and(Value::is_object)
+    });
     if meta_version.is_none() || !has_caps {
         return Err(Refusal::new(
             jsonrpc::INVALID_PARAMS,
@@ -412,7 +465,10 @@ fn check_meta(params: &Params<'_>, meta_version: Option<&str>) -> Result<(), Ref
 /// Header values that are not plain visible ASCII travel as `=?base64?…?=`.
 fn decode_header(value: &str) -> Option<Cow<'_, str>> {
     use base64::Engine;
-    match value.strip_prefix("=?base64?").and_then(|v| v.strip_suffix("?=")) {
+    match value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    {
         None => Some(Cow::Borrowed(value)),
         Some(encoded) => base64::engine::general_purpose::STANDARD
             .decode(encoded)
@@ -426,9 +482,22 @@ fn handshake_default() -> u8 {
     era::handshake_index(era::LATEST_HANDSHAKE).expect("latest is listed")
 }
 
-fn initialize(shard: &Shard, via: &Via<'_>, id: &RawValue, params: &Params<'_>, out: &mut Vec<u8>) -> Outcome {
+fn initialize(
+    shard: &Shard,
+    via: &Via<'_>,
+    id: &RawValue,
+    params: &Params<'_>,
+    out: &mut Vec<u8>,
+) -> Outcome {
     let Some(requested) = params.protocol_version.as_deref() else {
-        return reply_error(out, Some(id), jsonrpc::INVALID_PARAMS, "initialize needs params.protocolVersion", None, 200);
+        return reply_error(
+            out,
+            Some(id),
+            jsonrpc::INVALID_PARAMS,
+            "initialize needs params.protocolVersion",
+            None,
+            200,
+        );
     };
     // Answer the requested revision when we speak it, else our newest (the client
     // then decides whether it can go on).
@@ -460,7 +529,13 @@ fn initialize(shard: &Shard, via: &Via<'_>, id: &RawValue, params: &Params<'_>, 
     outcome
 }
 
-fn tools_list(shard: &Shard, era: Era, id: &RawValue, params: &Params<'_>, out: &mut Vec<u8>) -> Outcome {
+fn tools_list(
+    shard: &Shard,
+    era: Era,
+    id: &RawValue,
+    params: &Params<'_>,
+    out: &mut Vec<u8>,
+) -> Outcome {
     let start = match params.cursor.as_deref() {
         None => 0,
         Some(c) => match c.parse::<usize>() {
@@ -508,7 +583,14 @@ async fn tools_call(
     out: &mut Vec<u8>,
 ) -> Outcome {
     let Some(name) = params.name.as_deref() else {
-        return reply_error(out, Some(id), jsonrpc::INVALID_PARAMS, "tools/call needs params.name", None, 200);
+        return reply_error(
+            out,
+            Some(id),
+            jsonrpc::INVALID_PARAMS,
+            "tools/call needs params.name",
+            None,
+            200,
+        );
     };
     let Some(tool) = shard.tools.get(name) else {
         return reply_error(
@@ -524,13 +606,22 @@ async fn tools_call(
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m,
         Some(_) => {
-            return reply_error(out, Some(id), jsonrpc::INVALID_PARAMS, "params.arguments must be an object", None, 200)
+            return reply_error(
+                out,
+                Some(id),
+                jsonrpc::INVALID_PARAMS,
+                "params.arguments must be an object",
+                None,
+                200,
+            )
         }
     };
     let timeout = shard.config.timeout;
     let deadline = Instant::now() + timeout;
     let cancel = CancelFlag::default();
-    let guard = shard.inflight.register(namespace(session), id.get(), cancel.clone());
+    let guard = shard
+        .inflight
+        .register(namespace(session), id.get(), cancel.clone());
     let cx = CallContext {
         shard,
         deadline,
@@ -648,7 +739,10 @@ pub struct InflightGuard<'a> {
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
         let mut calls = self.owner.calls.borrow_mut();
-        if calls.get(&self.key).is_some_and(|e| Rc::ptr_eq(e, &self.entry)) {
+        if calls
+            .get(&self.key)
+            .is_some_and(|e| Rc::ptr_eq(e, &self.entry))
+        {
             calls.remove(&self.key);
         }
         self.owner.running.set(self.owner.running.get() - 1);
@@ -673,7 +767,11 @@ impl Inflight {
 
     /// Cancels a running call; false when no such call runs on this shard.
     pub fn cancel(&self, ns: u64, id: &str) -> bool {
-        let entry = self.calls.borrow().get(&(ns, Box::<str>::from(id))).cloned();
+        let entry = self
+            .calls
+            .borrow()
+            .get(&(ns, Box::<str>::from(id)))
+            .cloned();
         match entry {
             Some(e) => {
                 e.flag.cancel();

@@ -125,14 +125,19 @@ fn build(common: Common) -> Result<Config, String> {
         cfg.roots.push(real);
     }
     for path in common.dbs {
-        let real = path.canonicalize().map_err(|e| format!("--db {}: {e}", path.display()))?;
+        let real = path
+            .canonicalize()
+            .map_err(|e| format!("--db {}: {e}", path.display()))?;
         let name = real
             .file_stem()
             .and_then(|s| s.to_str())
             .ok_or_else(|| format!("--db {}: the file name must be UTF-8", path.display()))?
             .to_string();
         if cfg.databases.iter().any(|d| d.name == name) {
-            return Err(format!("--db {}: another database is already named {name:?} (names are file stems)", path.display()));
+            return Err(format!(
+                "--db {}: another database is already named {name:?} (names are file stems)",
+                path.display()
+            ));
         }
         cfg.databases.push(Database { name, path: real });
     }

@@ -42,7 +42,11 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     // Port 0 asks the kernel for a free port; every shard must then bind that same
     // port, so reserve one here first.
     let reservation = reserve_port(config.listen)?;
-    config.listen = reservation.local_addr().map_err(|e| format!("listen address: {e}"))?.as_socket().expect("an inet socket");
+    config.listen = reservation
+        .local_addr()
+        .map_err(|e| format!("listen address: {e}"))?
+        .as_socket()
+        .expect("an inet socket");
 
     let placement = if config.cpus.is_empty() {
         PoolPlacement::MaxSpread(shards, None)
@@ -67,7 +71,11 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     };
 
     let config = Arc::new(config);
-    let sessions = Arc::new(SessionTable::new(config.limits.max_sessions, shards, config.limits.session_idle));
+    let sessions = Arc::new(SessionTable::new(
+        config.limits.max_sessions,
+        shards,
+        config.limits.session_idle,
+    ));
     let (tx, rx) = mpsc::channel::<Result<Up, String>>();
     let next_index = Arc::new(AtomicUsize::new(0));
     let mut builder = LocalExecutorPoolBuilder::new(placement).name("coremcp-shard");
@@ -105,18 +113,31 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     }
     drop(reservation);
     up.sort_by_key(|u| u.shard);
-    let cpus: Vec<String> = up.iter().map(|u| format!("{}→cpu{}", u.shard, u.cpu)).collect();
+    let cpus: Vec<String> = up
+        .iter()
+        .map(|u| format!("{}→cpu{}", u.shard, u.cpu))
+        .collect();
     eprintln!(
         "coremcp {} listening on http://{}/mcp with {} shard(s) [{}]; roots: {}; databases: {}",
         env!("CARGO_PKG_VERSION"),
         config.listen,
         shards,
         cpus.join(" "),
-        config.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "),
+        config
+            .roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         if config.databases.is_empty() {
             "none".to_string()
         } else {
-            config.databases.iter().map(|d| format!("{}={}", d.name, d.path.display())).collect::<Vec<_>>().join(", ")
+            config
+                .databases
+                .iter()
+                .map(|d| format!("{}={}", d.name, d.path.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     );
     for r in pool.join_all() {
@@ -141,7 +162,12 @@ async fn run_shard(
     };
     let listener = match glommio::net::TcpListener::bind(config.listen) {
         Ok(l) => l,
-        Err(e) => return fail(format!("shard {index}: cannot listen on {}: {e}", config.listen)),
+        Err(e) => {
+            return fail(format!(
+                "shard {index}: cannot listen on {}: {e}",
+                config.listen
+            ))
+        }
     };
     let shard = match Shard::new(index, config.clone(), sessions) {
         Ok(s) => Rc::new(s),
@@ -169,10 +195,17 @@ async fn run_shard(
 /// port while the shards bind it.
 fn reserve_port(addr: SocketAddr) -> Result<socket2::Socket, String> {
     use socket2::{Domain, Socket, Type};
-    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
-    let sock = Socket::new(domain, Type::STREAM, None).map_err(|e| format!("cannot create a socket: {e}"))?;
-    sock.set_reuse_port(true).map_err(|e| format!("SO_REUSEPORT: {e}"))?;
-    sock.bind(&addr.into()).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let sock = Socket::new(domain, Type::STREAM, None)
+        .map_err(|e| format!("cannot create a socket: {e}"))?;
+    sock.set_reuse_port(true)
+        .map_err(|e| format!("SO_REUSEPORT: {e}"))?;
+    sock.bind(&addr.into())
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     if addr.port() != 0 && port_has_listener(addr) {
         return Err(format!(
             "cannot listen on {addr}: another process already listens there (SO_REUSEPORT would share its traffic); stop it or pick another --listen"
@@ -188,7 +221,10 @@ fn port_has_listener(addr: SocketAddr) -> bool {
 
 fn raise_fd_limit() {
     // Thousands of idle keep-alive connections need as many descriptors.
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain libc calls on a valid struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -199,7 +235,10 @@ fn raise_fd_limit() {
 }
 
 fn check_memlock() -> Result<(), String> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain libc calls on a valid struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 {

@@ -23,7 +23,11 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(id: usize, config: Arc<Config>, sessions: Arc<SessionTable>) -> Result<Shard, String> {
+    pub fn new(
+        id: usize,
+        config: Arc<Config>,
+        sessions: Arc<SessionTable>,
+    ) -> Result<Shard, String> {
         let storage = Storage::new(&config)?;
         Ok(Shard {
             id,

@@ -43,8 +43,13 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 /// What kind of message this is, once it has been checked.
 #[derive(Debug)]
 pub enum Kind<'m> {
-    Request { id: &'m RawValue, method: &'m str },
-    Notification { method: &'m str },
+    Request {
+        id: &'m RawValue,
+        method: &'m str,
+    },
+    Notification {
+        method: &'m str,
+    },
     /// A response from the client (to a server request); acknowledged, not answered.
     Response,
 }
@@ -201,23 +206,38 @@ mod tests {
 
     #[test]
     fn rejects_null_ids_wrong_version_and_shapeless_messages() {
-        assert!(single(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#).kind().is_err());
-        assert!(single(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#).kind().is_err());
-        assert!(single(r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#).kind().is_err());
+        assert!(single(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#)
+            .kind()
+            .is_err());
+        assert!(single(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#)
+            .kind()
+            .is_err());
+        assert!(single(r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#)
+            .kind()
+            .is_err());
         assert!(single(r#"{"jsonrpc":"2.0"}"#).kind().is_err());
     }
 
     #[test]
     fn parse_errors_and_shape_errors_differ() {
         assert!(matches!(parse(b"{not json", 64), Err(ParseError::Json(_))));
-        assert!(matches!(parse(b"\"just a string\"", 64), Err(ParseError::Shape(_))));
-        assert!(matches!(parse(b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\"}", 64), Err(ParseError::Json(_))));
+        assert!(matches!(
+            parse(b"\"just a string\"", 64),
+            Err(ParseError::Shape(_))
+        ));
+        assert!(matches!(
+            parse(b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\"}", 64),
+            Err(ParseError::Json(_))
+        ));
     }
 
     #[test]
     fn deep_nesting_is_a_parse_error_not_a_crash() {
         let deep = "[".repeat(100_000);
-        assert!(matches!(parse(deep.as_bytes(), 64), Err(ParseError::Json(_))));
+        assert!(matches!(
+            parse(deep.as_bytes(), 64),
+            Err(ParseError::Json(_))
+        ));
         let ok = format!("{}{}", "[".repeat(10), "]".repeat(10));
         assert!(check_depth(ok.as_bytes(), 64).is_ok());
         // Brackets inside strings do not count.

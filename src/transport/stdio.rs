@@ -35,7 +35,9 @@ pub fn serve(config: Config) -> Result<(), String> {
         .name("coremcp-stdio")
         .spawn(move || async move { run(config).await })
         .map_err(|e| format!("cannot start the executor: {e}"))?;
-    handle.join().map_err(|e| format!("the stdio executor failed: {e}"))?
+    handle
+        .join()
+        .map_err(|e| format!("the stdio executor failed: {e}"))?
 }
 
 async fn run(config: Arc<Config>) -> Result<(), String> {
@@ -49,7 +51,9 @@ async fn run(config: Arc<Config>) -> Result<(), String> {
     eprintln!("coremcp {} serving MCP on stdio", env!("CARGO_PKG_VERSION"));
 
     loop {
-        let r = reader.take().expect("the reader is returned after every line");
+        let r = reader
+            .take()
+            .expect("the reader is returned after every line");
         let (line, r) = glommio::executor()
             .spawn_blocking(move || {
                 let mut r = r;
@@ -75,7 +79,10 @@ async fn run(config: Arc<Config>) -> Result<(), String> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let permit = slots.acquire_static_permit(1).await.map_err(|e| format!("semaphore: {e}"))?;
+        let permit = slots
+            .acquire_static_permit(1)
+            .await
+            .map_err(|e| format!("semaphore: {e}"))?;
         let (shard, negotiated, out) = (shard.clone(), negotiated.clone(), out.clone());
         glommio::spawn_local(async move {
             let mut buf = Vec::new();
@@ -106,7 +113,9 @@ async fn handle_line(shard: &Shard, negotiated: &Cell<Option<u8>>, line: &[u8], 
             }
         }
         Ok(Parsed::Batch(msgs)) => {
-            let allowed = negotiated.get().is_some_and(crate::protocol::era::allows_batches);
+            let allowed = negotiated
+                .get()
+                .is_some_and(crate::protocol::era::allows_batches);
             if !allowed || msgs.is_empty() {
                 jsonrpc::write_error(
                     out,
@@ -168,7 +177,11 @@ fn read_line(r: &mut impl BufRead, max: usize) -> Line {
         }
         r.consume(take);
         if done {
-            return if too_long { Line::TooLong } else { Line::Text(line) };
+            return if too_long {
+                Line::TooLong
+            } else {
+                Line::Text(line)
+            };
         }
     }
 }

@@ -15,7 +15,11 @@ pub enum Denied {
 }
 
 /// Checks a request's `Host` and `Origin` headers against the policy.
-pub fn check(policy: &AccessPolicy, host: Option<&[u8]>, origin: Option<&[u8]>) -> Result<(), Denied> {
+pub fn check(
+    policy: &AccessPolicy,
+    host: Option<&[u8]>,
+    origin: Option<&[u8]>,
+) -> Result<(), Denied> {
     if let Some(host) = host {
         let name = strip_port(host);
         let allowed = if policy.allowed_hosts.is_empty() {
@@ -86,11 +90,26 @@ mod tests {
     fn loopback_by_default() {
         let p = AccessPolicy::default();
         assert_eq!(check(&p, Some(b"127.0.0.1:7411"), None), Ok(()));
-        assert_eq!(check(&p, Some(b"localhost"), Some(b"http://localhost:6274")), Ok(()));
-        assert_eq!(check(&p, Some(b"[::1]:80"), Some(b"http://[::1]:3000")), Ok(()));
-        assert_eq!(check(&p, Some(b"evil.example.com"), None), Err(Denied::Host));
-        assert_eq!(check(&p, Some(b"127.0.0.1"), Some(b"http://evil.example.com")), Err(Denied::Origin));
-        assert_eq!(check(&p, Some(b"127.0.0.1"), Some(b"null")), Err(Denied::Origin));
+        assert_eq!(
+            check(&p, Some(b"localhost"), Some(b"http://localhost:6274")),
+            Ok(())
+        );
+        assert_eq!(
+            check(&p, Some(b"[::1]:80"), Some(b"http://[::1]:3000")),
+            Ok(())
+        );
+        assert_eq!(
+            check(&p, Some(b"evil.example.com"), None),
+            Err(Denied::Host)
+        );
+        assert_eq!(
+            check(&p, Some(b"127.0.0.1"), Some(b"http://evil.example.com")),
+            Err(Denied::Origin)
+        );
+        assert_eq!(
+            check(&p, Some(b"127.0.0.1"), Some(b"null")),
+            Err(Denied::Origin)
+        );
     }
 
     #[test]
@@ -99,8 +118,18 @@ mod tests {
             allowed_hosts: vec!["mcp.internal".into()],
             allowed_origins: vec!["https://agents.internal".into()],
         };
-        assert_eq!(check(&p, Some(b"mcp.internal:443"), Some(b"https://agents.internal")), Ok(()));
+        assert_eq!(
+            check(
+                &p,
+                Some(b"mcp.internal:443"),
+                Some(b"https://agents.internal")
+            ),
+            Ok(())
+        );
         assert_eq!(check(&p, Some(b"other.internal"), None), Err(Denied::Host));
-        assert_eq!(check(&p, None, Some(b"http://localhost")), Err(Denied::Origin));
+        assert_eq!(
+            check(&p, None, Some(b"http://localhost")),
+            Err(Denied::Origin)
+        );
     }
 }

@@ -105,14 +105,22 @@ impl Conn {
                             head_started.get_or_insert_with(Instant::now);
                         }
                         Err(e) if e.kind() == ErrorKind::TimedOut && !idle => {
-                            return self.refuse(408, "request headers did not arrive in time").await
+                            return self
+                                .refuse(408, "request headers did not arrive in time")
+                                .await
                         }
                         Err(_) => return Ok(Next::Close),
                     }
                 }
-                Err(HeadError::TooManyHeaders) => return self.refuse(431, "too many request header fields").await,
-                Err(HeadError::Malformed(why) | HeadError::BadFraming(why)) => return self.refuse(400, why).await,
-                Err(HeadError::BadLength) => return self.refuse(400, "invalid Content-Length").await,
+                Err(HeadError::TooManyHeaders) => {
+                    return self.refuse(431, "too many request header fields").await
+                }
+                Err(HeadError::Malformed(why) | HeadError::BadFraming(why)) => {
+                    return self.refuse(400, why).await
+                }
+                Err(HeadError::BadLength) => {
+                    return self.refuse(400, "invalid Content-Length").await
+                }
             }
         };
 
@@ -124,7 +132,8 @@ impl Conn {
                 return self.refuse_body(&head).await;
             }
             if head.expect_continue && self.end - self.start < head.len + n {
-                self.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                self.wbuf
+                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                 self.flush().await?;
             }
             while self.end - self.start < head.len + n {
@@ -132,7 +141,9 @@ impl Conn {
                     Ok(0) => return Ok(Next::Close),
                     Ok(_) => {}
                     Err(e) if e.kind() == ErrorKind::TimedOut => {
-                        return self.refuse(408, "request body did not arrive in time").await
+                        return self
+                            .refuse(408, "request body did not arrive in time")
+                            .await
                     }
                     Err(_) => return Ok(Next::Close),
                 }
@@ -140,31 +151,44 @@ impl Conn {
             (true, head.len + n)
         } else if head.chunked {
             if head.expect_continue {
-                self.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                self.wbuf
+                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                 self.flush().await?;
             }
             let mut decoder = Chunked::default();
             self.body.clear();
             let mut rel = head.len;
             loop {
-                match decoder.feed(&self.rbuf[self.start + rel..self.end], &mut self.body, limits.max_body_bytes) {
+                match decoder.feed(
+                    &self.rbuf[self.start + rel..self.end],
+                    &mut self.body,
+                    limits.max_body_bytes,
+                ) {
                     Ok(used) => rel += used,
                     Err(ChunkError::TooLarge) => return self.refuse_body(&head).await,
-                    Err(ChunkError::Malformed) => return self.refuse(400, "malformed chunked body").await,
+                    Err(ChunkError::Malformed) => {
+                        return self.refuse(400, "malformed chunked body").await
+                    }
                 }
                 if decoder.is_done() {
                     break;
                 }
                 // Decoded input is no longer needed: drop it so the buffer holds at
                 // most one read of undecoded bytes whatever the body's size.
-                self.rbuf.copy_within(self.start + rel..self.end, self.start + head.len);
+                self.rbuf
+                    .copy_within(self.start + rel..self.end, self.start + head.len);
                 self.end -= rel - head.len;
                 rel = head.len;
-                match self.read_more(body_deadline, head.len + READ_CHUNK * 4).await {
+                match self
+                    .read_more(body_deadline, head.len + READ_CHUNK * 4)
+                    .await
+                {
                     Ok(0) => return Ok(Next::Close),
                     Ok(_) => {}
                     Err(e) if e.kind() == ErrorKind::TimedOut => {
-                        return self.refuse(408, "request body did not arrive in time").await
+                        return self
+                            .refuse(408, "request body did not arrive in time")
+                            .await
                     }
                     Err(_) => return Ok(Next::Close),
                 }
@@ -176,9 +200,22 @@ impl Conn {
 
         // The answer.
         let buf = &self.rbuf[self.start..self.end];
-        let body: &[u8] = if body_in_rbuf { &buf[head.len..consumed] } else { &self.body };
+        let body: &[u8] = if body_in_rbuf {
+            &buf[head.len..consumed]
+        } else {
+            &self.body
+        };
         let keep_alive = head.keep_alive;
-        route::respond(&self.shard, buf, &head, body, keep_alive, &mut self.wbuf, &mut self.json).await;
+        route::respond(
+            &self.shard,
+            buf,
+            &head,
+            body,
+            keep_alive,
+            &mut self.wbuf,
+            &mut self.json,
+        )
+        .await;
         self.start += consumed;
         if self.start == self.end {
             self.start = 0;
@@ -202,7 +239,9 @@ impl Conn {
                 self.start = 0;
             }
             if self.end == self.rbuf.len() {
-                let want = (self.rbuf.len() * 2).max(self.end + READ_CHUNK).min(cap.max(self.end + 1));
+                let want = (self.rbuf.len() * 2)
+                    .max(self.end + READ_CHUNK)
+                    .min(cap.max(self.end + 1));
                 self.rbuf.resize(want, 0);
             }
         }

@@ -105,7 +105,9 @@ pub fn parse_head(buf: &[u8], max_headers: usize) -> Result<Option<Head>, HeadEr
             if value.eq_ignore_ascii_case(b"chunked") {
                 head.chunked = true;
             } else {
-                return Err(HeadError::BadFraming("only the chunked transfer coding is supported"));
+                return Err(HeadError::BadFraming(
+                    "only the chunked transfer coding is supported",
+                ));
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
             if contains_token(value, b"close") {
@@ -135,14 +137,22 @@ pub fn parse_head(buf: &[u8], max_headers: usize) -> Result<Option<Head>, HeadEr
     }
     if head.chunked && head.content_length.is_some() {
         // RFC 9112 §6.1: a sender must not send both; accepting it invites smuggling.
-        return Err(HeadError::BadFraming("both Content-Length and Transfer-Encoding"));
+        return Err(HeadError::BadFraming(
+            "both Content-Length and Transfer-Encoding",
+        ));
     }
     Ok(Some(head))
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -196,7 +206,12 @@ impl Chunked {
     /// Decodes what it can of `input` into `body`. Returns the bytes consumed; the
     /// caller keeps the rest and calls again with more. `is_done` says when the
     /// last chunk and trailers have been read.
-    pub fn feed(&mut self, input: &[u8], body: &mut Vec<u8>, max: usize) -> Result<usize, ChunkError> {
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        body: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<usize, ChunkError> {
         let mut pos = 0;
         loop {
             match self.state {
@@ -294,7 +309,14 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 /// Appends a response head. `extra` is pre-formatted `Name: value\r\n` lines.
-pub fn write_head(out: &mut Vec<u8>, status: u16, content_type: Option<&str>, body_len: usize, keep_alive: bool, extra: &[u8]) {
+pub fn write_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: Option<&str>,
+    body_len: usize,
+    keep_alive: bool,
+    extra: &[u8],
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     out.push(b' ');
@@ -329,20 +351,40 @@ mod tests {
         assert_eq!(&raw[h.session_id.clone().unwrap()], b"abc");
         assert_eq!(&raw[h.len..], b"hello");
         assert!(h.keep_alive);
-        assert!(accepts(&raw[h.accept.clone().unwrap()], b"text/event-stream"));
+        assert!(accepts(
+            &raw[h.accept.clone().unwrap()],
+            b"text/event-stream"
+        ));
     }
 
     #[test]
     fn partial_heads_wait_and_bad_ones_fail() {
-        assert_eq!(parse_head(b"POST /mcp HTTP/1.1\r\nHost: x\r\n", 64).unwrap().map(|h| h.len), None);
-        assert!(matches!(parse_head(b"\x01\x02 / HTTP/1.1\r\n\r\n", 64), Err(HeadError::Malformed(_))));
+        assert_eq!(
+            parse_head(b"POST /mcp HTTP/1.1\r\nHost: x\r\n", 64)
+                .unwrap()
+                .map(|h| h.len),
+            None
+        );
+        assert!(matches!(
+            parse_head(b"\x01\x02 / HTTP/1.1\r\n\r\n", 64),
+            Err(HeadError::Malformed(_))
+        ));
         let many: String = (0..10).map(|i| format!("X-{i}: y\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(parse_head(raw.as_bytes(), 4).unwrap_err(), HeadError::TooManyHeaders);
+        assert_eq!(
+            parse_head(raw.as_bytes(), 4).unwrap_err(),
+            HeadError::TooManyHeaders
+        );
         let both = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(matches!(parse_head(both, 64), Err(HeadError::BadFraming(_))));
+        assert!(matches!(
+            parse_head(both, 64),
+            Err(HeadError::BadFraming(_))
+        ));
         let conflicting = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
-        assert_eq!(parse_head(conflicting, 64).unwrap_err(), HeadError::BadLength);
+        assert_eq!(
+            parse_head(conflicting, 64).unwrap_err(),
+            HeadError::BadLength
+        );
     }
 
     #[test]
@@ -374,8 +416,17 @@ mod tests {
     #[test]
     fn chunked_limits_and_garbage() {
         let mut body = Vec::new();
-        assert_eq!(Chunked::default().feed(b"10\r\n", &mut body, 8), Err(ChunkError::TooLarge));
-        assert_eq!(Chunked::default().feed(b"zz\r\n", &mut body, 8), Err(ChunkError::Malformed));
-        assert_eq!(Chunked::default().feed(b"2\r\nabXY", &mut body, 8), Err(ChunkError::Malformed));
+        assert_eq!(
+            Chunked::default().feed(b"10\r\n", &mut body, 8),
+            Err(ChunkError::TooLarge)
+        );
+        assert_eq!(
+            Chunked::default().feed(b"zz\r\n", &mut body, 8),
+            Err(ChunkError::Malformed)
+        );
+        assert_eq!(
+            Chunked::default().feed(b"2\r\nabXY", &mut body, 8),
+            Err(ChunkError::Malformed)
+        );
     }
 }

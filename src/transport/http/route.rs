@@ -27,7 +27,13 @@ pub async fn respond(
     let path = full_path.split(|b| *b == b'?').next().unwrap_or(b"");
 
     if head.host.is_none() && !head.http10 {
-        return write_plain_error(out, 400, "HTTP/1.1 requests need a Host header", keep_alive, &[]);
+        return write_plain_error(
+            out,
+            400,
+            "HTTP/1.1 requests need a Host header",
+            keep_alive,
+            &[],
+        );
     }
     match access::check(&shard.config.access, field(&head.host), field(&head.origin)) {
         Ok(()) => {}
@@ -61,7 +67,11 @@ pub async fn respond(
             keep_alive,
             b"allow: POST, DELETE\r\n",
         ),
-        (b"/healthz", Some(Method::Get)) => write_body(out, 200, "text/plain; charset=utf-8", b"ok\n", keep_alive, &[]),
+        (b"/healthz", Some(Method::Get)) => {
+            // Names the shard, so an operator (or a test) can see where a connection landed.
+            let body = format!("ok shard={}\n", shard.id);
+            write_body(out, 200, "text/plain; charset=utf-8", body.as_bytes(), keep_alive, &[])
+        }
         _ => write_plain_error(out, 404, "no such endpoint; MCP is served at POST /mcp", keep_alive, &[]),
     }
 }
@@ -81,13 +91,22 @@ async fn mcp_post(
         mime.trim_ascii().eq_ignore_ascii_case(b"application/json")
     });
     if !is_json {
-        return write_plain_error(out, 415, "Content-Type must be application/json", keep_alive, &[]);
+        return write_plain_error(
+            out,
+            415,
+            "Content-Type must be application/json",
+            keep_alive,
+            &[],
+        );
     }
     // Clients must accept both; we answer JSON, or one SSE event to a client that
     // takes only SSE.
     let (json_ok, sse_ok) = match field(&head.accept) {
         None => (true, true),
-        Some(a) => (frame::accepts(a, b"application/json"), frame::accepts(a, b"text/event-stream")),
+        Some(a) => (
+            frame::accepts(a, b"application/json"),
+            frame::accepts(a, b"text/event-stream"),
+        ),
     };
     if !json_ok && !sse_ok {
         return write_plain_error(
@@ -98,7 +117,8 @@ async fn mcp_post(
             &[],
         );
     }
-    let text = |r: &Option<std::ops::Range<usize>>| field(r).and_then(|v| std::str::from_utf8(v).ok());
+    let text =
+        |r: &Option<std::ops::Range<usize>>| field(r).and_then(|v| std::str::from_utf8(v).ok());
     let meta = HttpMeta {
         protocol_version: text(&head.protocol_version),
         mcp_method: text(&head.mcp_method),
@@ -120,7 +140,10 @@ async fn mcp_post(
         }
         Ok(Parsed::Single(msg)) => {
             let outcome = dispatch::handle(shard, &via, &msg, json).await;
-            (if outcome.wrote { outcome.status } else { 202 }, outcome.new_session)
+            (
+                if outcome.wrote { outcome.status } else { 202 },
+                outcome.new_session,
+            )
         }
         Ok(Parsed::Batch(msgs)) => (batch(shard, &via, &msgs, json).await, None),
     };
@@ -141,9 +164,16 @@ async fn mcp_post(
 }
 
 /// A JSON-RPC batch: allowed only in a session that negotiated 2025-03-26.
-async fn batch(shard: &Shard, via: &Via<'_>, msgs: &[jsonrpc::Message<'_>], json: &mut Vec<u8>) -> u16 {
+async fn batch(
+    shard: &Shard,
+    via: &Via<'_>,
+    msgs: &[jsonrpc::Message<'_>],
+    json: &mut Vec<u8>,
+) -> u16 {
     let limits = &shard.config.limits;
-    let Via::Http(meta) = via else { unreachable!("batches arrive over HTTP here") };
+    let Via::Http(meta) = via else {
+        unreachable!("batches arrive over HTTP here")
+    };
     let allowed = meta
         .session_id
         .map(|sid| shard.sessions.lookup(sid))
@@ -152,12 +182,23 @@ async fn batch(shard: &Shard, via: &Via<'_>, msgs: &[jsonrpc::Message<'_>], json
             Lookup::Unknown => Err(()),
         });
     let refusal = match allowed {
-        Some(Err(())) => Some((404, "unknown or expired session: send initialize again without Mcp-Session-Id".to_string())),
-        None | Some(Ok(false)) => Some((400, "JSON-RPC batches are allowed only in protocol revision 2025-03-26".to_string())),
-        Some(Ok(true)) if msgs.is_empty() => Some((400, "an empty batch is not a valid request".to_string())),
+        Some(Err(())) => Some((
+            404,
+            "unknown or expired session: send initialize again without Mcp-Session-Id".to_string(),
+        )),
+        None | Some(Ok(false)) => Some((
+            400,
+            "JSON-RPC batches are allowed only in protocol revision 2025-03-26".to_string(),
+        )),
+        Some(Ok(true)) if msgs.is_empty() => {
+            Some((400, "an empty batch is not a valid request".to_string()))
+        }
         Some(Ok(true)) if msgs.len() > limits.max_batch => Some((
             400,
-            format!("a batch may hold at most {} messages (limits.max_batch)", limits.max_batch),
+            format!(
+                "a batch may hold at most {} messages (limits.max_batch)",
+                limits.max_batch
+            ),
         )),
         Some(Ok(true)) => None,
     };
@@ -172,7 +213,13 @@ async fn batch(shard: &Shard, via: &Via<'_>, msgs: &[jsonrpc::Message<'_>], json
             if any {
                 json.push(b',');
             }
-            jsonrpc::write_error(json, msg.id, jsonrpc::INVALID_REQUEST, "initialize must not be part of a batch", None);
+            jsonrpc::write_error(
+                json,
+                msg.id,
+                jsonrpc::INVALID_REQUEST,
+                "initialize must not be part of a batch",
+                None,
+            );
             any = true;
             continue;
         }
@@ -197,7 +244,13 @@ async fn batch(shard: &Shard, via: &Via<'_>, msgs: &[jsonrpc::Message<'_>], json
 
 fn mcp_delete(shard: &Shard, session: Option<&[u8]>, keep_alive: bool, out: &mut Vec<u8>) {
     let Some(sid) = session.and_then(|s| std::str::from_utf8(s).ok()) else {
-        return write_plain_error(out, 400, "DELETE /mcp needs the Mcp-Session-Id header of the session to end", keep_alive, &[]);
+        return write_plain_error(
+            out,
+            400,
+            "DELETE /mcp needs the Mcp-Session-Id header of the session to end",
+            keep_alive,
+            &[],
+        );
     };
     if shard.sessions.end(sid) {
         frame::write_head(out, 200, None, 0, keep_alive, &[]);
@@ -208,7 +261,13 @@ fn mcp_delete(shard: &Shard, session: Option<&[u8]>, keep_alive: bool, out: &mut
 
 /// An error outside MCP's own messages (framing, routing, access), as a JSON-RPC
 /// error without an id so that MCP clients can show it.
-pub fn write_plain_error(out: &mut Vec<u8>, status: u16, why: &str, keep_alive: bool, extra: &[u8]) {
+pub fn write_plain_error(
+    out: &mut Vec<u8>,
+    status: u16,
+    why: &str,
+    keep_alive: bool,
+    extra: &[u8],
+) {
     let mut body = Vec::with_capacity(96 + why.len());
     let code = if status == 404 || status == 405 {
         jsonrpc::METHOD_NOT_FOUND
@@ -219,8 +278,22 @@ pub fn write_plain_error(out: &mut Vec<u8>, status: u16, why: &str, keep_alive: 
     write_body(out, status, "application/json", &body, keep_alive, extra);
 }
 
-fn write_body(out: &mut Vec<u8>, status: u16, content_type: &str, body: &[u8], keep_alive: bool, extra: &[u8]) {
-    frame::write_head(out, status, Some(content_type), body.len(), keep_alive, extra);
+fn write_body(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+    extra: &[u8],
+) {
+    frame::write_head(
+        out,
+        status,
+        Some(content_type),
+        body.len(),
+        keep_alive,
+        extra,
+    );
     out.extend_from_slice(body);
 }
 
@@ -229,7 +302,14 @@ fn sse_event(out: &mut Vec<u8>, status: u16, json: &[u8], keep_alive: bool, extr
     const PREFIX: &[u8] = b"event: message\ndata: ";
     const SUFFIX: &[u8] = b"\n\n";
     let len = PREFIX.len() + json.len() + SUFFIX.len();
-    frame::write_head(out, status, Some("text/event-stream"), len, keep_alive, extra);
+    frame::write_head(
+        out,
+        status,
+        Some("text/event-stream"),
+        len,
+        keep_alive,
+        extra,
+    );
     out.extend_from_slice(PREFIX);
     out.extend_from_slice(json);
     out.extend_from_slice(SUFFIX);
