@@ -147,7 +147,7 @@ pub async fn handle(shard: &Shard, via: &Via<'_>, msg: &Message<'_>, out: &mut V
     let Some(id) = id else {
         if method == "notifications/cancelled" {
             if let Some(request_id) = params.request_id {
-                shard.inflight.cancel(namespace(session), request_id.get());
+                shard.cancel(namespace(session), request_id.get());
             }
         }
         // Other notifications (initialized, roots/list_changed …) need no action.

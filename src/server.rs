@@ -15,8 +15,9 @@ use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::config::Config;
 use crate::protocol::session::SessionTable;
-use crate::shard::Shard;
+use crate::shard::{CancelMsg, Shard, CANCEL_QUEUE};
 use crate::transport::http;
+use glommio::channels::channel_mesh::MeshBuilder;
 
 /// glommio needs this much lockable memory for its rings.
 const MIN_MEMLOCK_BYTES: u64 = 512 * 1024;
@@ -78,6 +79,7 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     ));
     let (tx, rx) = mpsc::channel::<Result<Up, String>>();
     let next_index = Arc::new(AtomicUsize::new(0));
+    let mesh: MeshBuilder<CancelMsg, _> = MeshBuilder::full(shards, CANCEL_QUEUE);
     let mut builder = LocalExecutorPoolBuilder::new(placement).name("coremcp-shard");
     if let Some(spin) = config.spin_before_park {
         builder = builder.spin_before_park(spin);
@@ -90,7 +92,8 @@ pub fn serve(mut config: Config) -> Result<(), String> {
                 let sessions = sessions.clone();
                 let tx = tx.clone();
                 let index = next_index.fetch_add(1, Ordering::Relaxed);
-                async move { run_shard(index, config, sessions, tx).await }
+                let mesh = mesh.clone();
+                async move { run_shard(index, config, sessions, mesh, tx).await }
             })
             .map_err(|e| format!("cannot start the shards: {e}"))?
     };
@@ -154,6 +157,7 @@ async fn run_shard(
     index: usize,
     config: Arc<Config>,
     sessions: Arc<SessionTable>,
+    mesh: MeshBuilder<CancelMsg, glommio::channels::channel_mesh::Full>,
     tx: mpsc::Sender<Result<Up, String>>,
 ) -> Result<(), String> {
     let fail = |why: String| {
@@ -169,10 +173,23 @@ async fn run_shard(
             ))
         }
     };
-    let shard = match Shard::new(index, config.clone(), sessions) {
+    let (peers, mut inbox) = match mesh.join().await {
+        Ok(pair) => pair,
+        Err(e) => return fail(format!("shard {index}: cannot join the other shards: {e}")),
+    };
+    let shard = match Shard::new(index, config.clone(), sessions, Some(peers)) {
         Ok(s) => Rc::new(s),
         Err(e) => return fail(format!("shard {index}: {e}")),
     };
+    for (_, rx) in inbox.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some((ns, id)) = rx.recv().await {
+                shard.inflight.cancel(ns, &id);
+            }
+        })
+        .detach();
+    }
     // SAFETY: sched_getcpu has no preconditions.
     let cpu = unsafe { libc::sched_getcpu() };
     let _ = tx.send(Ok(Up { shard: index, cpu }));

@@ -42,7 +42,7 @@ pub fn serve(config: Config) -> Result<(), String> {
 
 async fn run(config: Arc<Config>) -> Result<(), String> {
     let sessions = Arc::new(SessionTable::new(1, 1, config.limits.session_idle));
-    let shard = Rc::new(Shard::new(0, config.clone(), sessions)?);
+    let shard = Rc::new(Shard::new(0, config.clone(), sessions, None)?);
     let negotiated: Rc<Cell<Option<u8>>> = Rc::new(Cell::new(None));
     let out = Rc::new(RefCell::new(std::io::stdout()));
     let slots = Rc::new(glommio::sync::Semaphore::new(MAX_STDIO_INFLIGHT as u64));
