@@ -133,7 +133,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: DEFAULT_LISTEN.parse().expect("default listen address parses"),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses"),
             shards: 0,
             cpus: Vec::new(),
             roots: Vec::new(),
@@ -144,4 +146,43 @@ impl Default for Config {
             spin_before_park: None,
         }
     }
+}
+
+/// Sets one limit from `name=value` (the field names of [`Limits`]; durations in ms
+/// for `*_timeout`, seconds for `session_idle`).
+pub fn set_limit(limits: &mut Limits, item: &str) -> Result<(), String> {
+    let (name, value) = item
+        .split_once('=')
+        .ok_or_else(|| format!("--limit {item}: expected NAME=VALUE"))?;
+    let n: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("--limit {item}: {value:?} is not a whole number"))?;
+    if n == 0 {
+        return Err(format!("--limit {item}: must be greater than 0"));
+    }
+    let size = n as usize;
+    match name.trim() {
+        "max_header_bytes" => limits.max_header_bytes = size,
+        "max_headers" => limits.max_headers = size,
+        "max_body_bytes" => limits.max_body_bytes = size,
+        "header_timeout" => limits.header_timeout = Duration::from_millis(n),
+        "idle_timeout" => limits.idle_timeout = Duration::from_millis(n),
+        "max_connections_per_shard" => limits.max_connections_per_shard = size,
+        "max_pipelined" => limits.max_pipelined = size,
+        "max_sessions" => limits.max_sessions = size,
+        "session_idle" => limits.session_idle = Duration::from_secs(n),
+        "max_json_depth" => limits.max_json_depth = size,
+        "max_batch" => limits.max_batch = size,
+        "tools_page_size" => limits.tools_page_size = size,
+        "max_stdio_line_bytes" => limits.max_stdio_line_bytes = size,
+        other => {
+            return Err(format!(
+                "--limit {item}: unknown limit {other:?}; known: max_header_bytes, max_headers, max_body_bytes, \
+                 header_timeout, idle_timeout, max_connections_per_shard, max_pipelined, max_sessions, \
+                 session_idle, max_json_depth, max_batch, tools_page_size, max_stdio_line_bytes"
+            ))
+        }
+    }
+    Ok(())
 }

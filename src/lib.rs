@@ -5,7 +5,10 @@
 //! shard-local [`storage`].
 
 pub mod config;
+pub mod dispatch;
 pub mod protocol;
+pub mod server;
 pub mod shard;
 pub mod storage;
 pub mod tools;
+pub mod transport;

@@ -7,9 +7,16 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::dispatch::Inflight;
 use crate::protocol::session::SessionTable;
 use crate::storage::Storage;
 use crate::tools::Registry;
+
+/// A cancellation passed to the other shards: (session namespace, request id).
+pub type CancelMsg = (u64, String);
+/// Cancellations queued to one peer shard before further ones are dropped; a
+/// cancellation is advisory, so dropping one under a flood is safe.
+pub const CANCEL_QUEUE: usize = 256;
 
 pub struct Shard {
     pub id: usize,
@@ -17,10 +24,20 @@ pub struct Shard {
     pub tools: Registry,
     pub storage: Storage,
     pub sessions: Arc<SessionTable>,
+    /// Tool calls running on this shard, for cancellation.
+    pub inflight: Inflight,
+    /// Channels to the other shards, for a `notifications/cancelled` that arrives
+    /// on a shard other than the one running the call. Used only on that path.
+    pub peers: Option<glommio::channels::channel_mesh::Senders<CancelMsg>>,
 }
 
 impl Shard {
-    pub fn new(id: usize, config: Arc<Config>, sessions: Arc<SessionTable>) -> Result<Shard, String> {
+    pub fn new(
+        id: usize,
+        config: Arc<Config>,
+        sessions: Arc<SessionTable>,
+        peers: Option<glommio::channels::channel_mesh::Senders<CancelMsg>>,
+    ) -> Result<Shard, String> {
         let storage = Storage::new(&config)?;
         Ok(Shard {
             id,
@@ -28,6 +45,22 @@ impl Shard {
             tools: Registry::builtin(),
             storage,
             sessions,
+            inflight: Inflight::default(),
+            peers,
         })
+    }
+
+    /// Cancels a call here, or asks the other shards to.
+    pub fn cancel(&self, ns: u64, id: &str) {
+        if self.inflight.cancel(ns, id) {
+            return;
+        }
+        if let Some(peers) = &self.peers {
+            for peer in 0..peers.nr_consumers() {
+                if peer != peers.peer_id() {
+                    let _ = peers.try_send_to(peer, (ns, id.to_string()));
+                }
+            }
+        }
     }
 }

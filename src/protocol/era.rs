@@ -13,6 +13,10 @@ pub const LATEST_HANDSHAKE: &str = "2025-11-25";
 pub const STATELESS_VERSIONS: [&str; 1] = ["2026-07-28"];
 /// The `_meta` key that carries a stateless request's revision.
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// The `_meta` key that carries a stateless request's client capabilities.
+pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+/// The `_meta` key of a stateless result that names the server.
+pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 /// The revision assumed for an HTTP request without `MCP-Protocol-Version` in a
 /// session that negotiated one that predates the header (per 2025-06-18).
 pub const HEADERLESS_DEFAULT: &str = "2025-03-26";

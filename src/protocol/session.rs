@@ -164,7 +164,12 @@ impl SessionTable {
         let next_gen = ((state >> GEN_SHIFT) as u32).wrapping_add(1) as u64;
         self.slots[index]
             .state
-            .compare_exchange(state, next_gen << GEN_SHIFT, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                state,
+                next_gen << GEN_SHIFT,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_ok()
     }
 
@@ -252,7 +257,13 @@ mod tests {
         forged.replace_range(31..32, if a.ends_with('0') { "1" } else { "0" });
         assert_eq!(t.lookup(&forged), Lookup::Unknown);
         assert_eq!(t.lookup("not-a-session"), Lookup::Unknown);
-        assert_eq!(t.lookup("ffffffff00000000000000000000000000"), Lookup::Unknown);
-        assert_eq!(t.lookup("ffffffff000000000000000000000000"), Lookup::Unknown);
+        assert_eq!(
+            t.lookup("ffffffff00000000000000000000000000"),
+            Lookup::Unknown
+        );
+        assert_eq!(
+            t.lookup("ffffffff000000000000000000000000"),
+            Lookup::Unknown
+        );
     }
 }

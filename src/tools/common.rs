@@ -164,7 +164,7 @@ pub mod testing {
             ..Config::default()
         };
         let sessions = Arc::new(SessionTable::new(16, 1, Duration::from_secs(60)));
-        Shard::new(0, Arc::new(config), sessions).unwrap()
+        Shard::new(0, Arc::new(config), sessions, None).unwrap()
     }
 
     pub fn run<T>(f: impl std::future::Future<Output = T>) -> T {

@@ -208,7 +208,11 @@ impl Registry {
                 tools[..i].iter().all(|o| o.spec().name != t.spec().name),
                 "tool names are unique"
             );
-            assert_eq!(t.spec().input_schema["type"], "object", "input schemas are objects");
+            assert_eq!(
+                t.spec().input_schema["type"],
+                "object",
+                "input schemas are objects"
+            );
         }
         Registry { tools }
     }
@@ -254,8 +258,9 @@ pub fn required<'v, T>(
     expected: &str,
     get: impl Fn(&'v Value) -> Option<T>,
 ) -> Result<T, ToolResult> {
-    arg(args, name, expected, get)?
-        .ok_or_else(|| ToolResult::error(format!("missing required argument `{name}` ({expected})")))
+    arg(args, name, expected, get)?.ok_or_else(|| {
+        ToolResult::error(format!("missing required argument `{name}` ({expected})"))
+    })
 }
 
 fn kind_of(v: &Value) -> &'static str {

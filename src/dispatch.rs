@@ -1,0 +1,791 @@
+//! Dispatch: one JSON-RPC message in, at most one response out, for both eras.
+//!
+//! The transports (HTTP, stdio) parse bytes into [`Message`]s and say what they know
+//! from outside the body ([`Via`]); everything MCP means by a message is decided
+//! here, once, for both transports.
+
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use crate::protocol::era::{self, Era};
+use crate::protocol::jsonrpc::{self, Kind, Message};
+use crate::protocol::session::Lookup;
+use crate::shard::Shard;
+use crate::tools::{CallContext, CancelFlag, ToolResult};
+
+pub const SERVER_NAME: &str = "coremcp";
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the transport knows about a message from outside its body.
+pub enum Via<'h> {
+    Http(HttpMeta<'h>),
+    /// stdio: the revision `initialize` negotiated on this stream, if any.
+    Stdio {
+        negotiated: Option<u8>,
+    },
+}
+
+/// The MCP headers of an HTTP request, and the session they named (already checked).
+#[derive(Default)]
+pub struct HttpMeta<'h> {
+    pub protocol_version: Option<&'h str>,
+    pub mcp_method: Option<&'h str>,
+    pub mcp_name: Option<&'h str>,
+    /// `Mcp-Session-Id` as sent; checked here, once the era is known, because the
+    /// stateless revision ignores it.
+    pub session_id: Option<&'h str>,
+}
+
+/// What happened, for the transport to frame.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// A response was appended to the output buffer.
+    pub wrote: bool,
+    /// The HTTP status the response should travel with.
+    pub status: u16,
+    /// A session issued by this message (`initialize` over HTTP).
+    pub new_session: Option<String>,
+    /// The revision this message negotiated (`initialize` over stdio).
+    pub negotiated: Option<u8>,
+}
+
+impl Outcome {
+    fn accepted() -> Outcome {
+        Outcome {
+            wrote: false,
+            status: 202,
+            ..Outcome::default()
+        }
+    }
+    fn ok() -> Outcome {
+        Outcome {
+            wrote: true,
+            status: 200,
+            ..Outcome::default()
+        }
+    }
+    fn error(status: u16) -> Outcome {
+        Outcome {
+            wrote: true,
+            status,
+            ..Outcome::default()
+        }
+    }
+}
+
+/// The parts of `params` any handler here reads; parsed once per message.
+#[derive(Deserialize, Default)]
+struct Params<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default)]
+    arguments: Option<Value>,
+    #[serde(default, borrow)]
+    cursor: Option<Cow<'a, str>>,
+    #[serde(default, rename = "protocolVersion", borrow)]
+    protocol_version: Option<Cow<'a, str>>,
+    #[serde(default, rename = "requestId", borrow)]
+    request_id: Option<&'a RawValue>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<Map<String, Value>>,
+}
+
+impl Params<'_> {
+    fn meta_version(&self) -> Option<&Value> {
+        self.meta.as_ref()?.get(era::META_PROTOCOL_VERSION)
+    }
+}
+
+/// Handles one message and appends its response, if it has one, to `out`.
+pub async fn handle(shard: &Shard, via: &Via<'_>, msg: &Message<'_>, out: &mut Vec<u8>) -> Outcome {
+    let kind = match msg.kind() {
+        Ok(k) => k,
+        Err(why) => {
+            jsonrpc::write_error(out, msg.id, jsonrpc::INVALID_REQUEST, why, None);
+            return Outcome::error(400);
+        }
+    };
+    let (id, method) = match kind {
+        Kind::Response => return Outcome::accepted(),
+        Kind::Notification { method } => (None, method),
+        Kind::Request { id, method } => (Some(id), method),
+    };
+    let params: Params = match msg.params {
+        None => Params::default(),
+        Some(raw) => match serde_json::from_str(raw.get()) {
+            Ok(p) => p,
+            Err(e) => {
+                return reply_error(
+                    out,
+                    id,
+                    jsonrpc::INVALID_PARAMS,
+                    &format!("invalid params: {e}"),
+                    None,
+                    200,
+                );
+            }
+        },
+    };
+
+    let Resolved { era, session } = match resolve(shard, via, method, &params) {
+        Ok(r) => r,
+        // JSON-RPC never answers a notification; over HTTP the refusal is the status.
+        Err(_) if id.is_none() && matches!(via, Via::Stdio { .. }) => return Outcome::accepted(),
+        Err(refusal) => return refusal.write(out, id),
+    };
+
+    let Some(id) = id else {
+        if method == "notifications/cancelled" {
+            if let Some(request_id) = params.request_id {
+                shard.cancel(namespace(session), request_id.get());
+            }
+        }
+        // Other notifications (initialized, roots/list_changed …) need no action.
+        return Outcome::accepted();
+    };
+
+    match (era, method) {
+        (Era::Handshake(_), "initialize") => initialize(shard, via, id, &params, out),
+        (Era::Handshake(_), "ping") => {
+            jsonrpc::write_result(out, id, b"{}");
+            Outcome::ok()
+        }
+        (Era::Stateless, "server/discover") => {
+            let mut result = json!({
+                "supportedVersions": era::all_versions(),
+                "capabilities": capabilities(),
+                "instructions": INSTRUCTIONS,
+            });
+            stateless_result(&mut result, true);
+            write_value(out, id, &result);
+            Outcome::ok()
+        }
+        (_, "tools/list") => tools_list(shard, era, id, &params, out),
+        (_, "tools/call") => tools_call(shard, session, era, id, params, out).await,
+        _ => {
+            let message = match era {
+                Era::Handshake(_) if method == "server/discover" => {
+                    "server/discover is a stateless-era (2026-07-28) method: send it with params._meta".to_string()
+                }
+                Era::Stateless if matches!(method, "initialize" | "ping") => format!(
+                    "`{method}` does not exist in protocol revision {}; supported revisions: {}",
+                    era_name(era),
+                    era::all_versions().join(", ")
+                ),
+                _ => format!("method not found: {method}"),
+            };
+            // The stateless revision answers an unknown method with 404 over HTTP.
+            let status = if era == Era::Stateless { 404 } else { 200 };
+            reply_error(
+                out,
+                Some(id),
+                jsonrpc::METHOD_NOT_FOUND,
+                &message,
+                None,
+                status,
+            )
+        }
+    }
+}
+
+/// How long a stateless client may cache `server/discover` and `tools/list`: the
+/// tool set is fixed for the life of the process.
+const LIST_TTL_MS: u64 = 3_600_000;
+
+/// Adds what every stateless-era result carries; `cacheable` for discover and lists.
+fn stateless_result(result: &mut Value, cacheable: bool) {
+    let obj = result.as_object_mut().expect("results are objects");
+    obj.insert("resultType".into(), "complete".into());
+    if cacheable {
+        obj.insert("ttlMs".into(), LIST_TTL_MS.into());
+        obj.insert("cacheScope".into(), "public".into());
+    }
+    obj.insert(
+        "_meta".into(),
+        json!({ era::META_SERVER_INFO: server_info() }),
+    );
+}
+
+const INSTRUCTIONS: &str = "coremcp serves read-only tools over local files and SQLite databases: \
+read_file, read_multiple_files, list_directory, search_code, query_db, db_schema.";
+
+fn era_name(era: Era) -> &'static str {
+    match era {
+        Era::Handshake(i) => era::HANDSHAKE_VERSIONS[i as usize],
+        Era::Stateless => era::STATELESS_VERSIONS[0],
+    }
+}
+
+fn capabilities() -> Value {
+    json!({"tools": {"listChanged": false}})
+}
+
+fn server_info() -> Value {
+    json!({"name": SERVER_NAME, "title": "coremcp", "version": SERVER_VERSION})
+}
+
+/// A request refused before it reaches a handler, with its HTTP status.
+struct Refusal {
+    code: i32,
+    message: String,
+    data: Option<Value>,
+    status: u16,
+}
+
+impl Refusal {
+    fn new(code: i32, message: String, status: u16) -> Refusal {
+        Refusal {
+            code,
+            message,
+            data: None,
+            status,
+        }
+    }
+
+    fn write(self, out: &mut Vec<u8>, id: Option<&RawValue>) -> Outcome {
+        reply_error(
+            out,
+            id,
+            self.code,
+            &self.message,
+            self.data.as_ref(),
+            self.status,
+        )
+    }
+}
+
+fn unsupported(requested: &str) -> Refusal {
+    Refusal {
+        code: jsonrpc::UNSUPPORTED_VERSION,
+        message: format!("unsupported protocol version: {requested}"),
+        data: Some(json!({"supported": era::all_versions(), "requested": requested})),
+        status: 400,
+    }
+}
+
+fn mismatch(message: String) -> Refusal {
+    Refusal {
+        code: jsonrpc::HEADER_MISMATCH,
+        message,
+        data: None,
+        status: 400,
+    }
+}
+
+/// The era a message belongs to and, in the handshake era over HTTP, its session.
+struct Resolved<'h> {
+    era: Era,
+    session: Option<&'h str>,
+}
+
+/// Which era a message belongs to, and whether what it says of itself holds.
+///
+/// A message is stateless-era when it names a revision in `_meta`, when it is
+/// `server/discover`, or when its HTTP header names a stateless revision. Every
+/// other message belongs to the handshake era of its session (HTTP) or stream
+/// (stdio), and is never answered with a stateless-era error code: a dual-era
+/// client reads those codes as "this server is modern" and would not fall back.
+fn resolve<'h>(
+    shard: &Shard,
+    via: &Via<'h>,
+    method: &str,
+    params: &Params<'_>,
+) -> Result<Resolved<'h>, Refusal> {
+    let header = match via {
+        Via::Http(h) => h.protocol_version,
+        Via::Stdio { .. } => None,
+    };
+    let meta_version = match params.meta_version() {
+        None => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(other) => {
+            return Err(Refusal::new(
+                jsonrpc::INVALID_PARAMS,
+                format!(
+                    "`_meta[\"{}\"]` must be a string, got {other}",
+                    era::META_PROTOCOL_VERSION
+                ),
+                400,
+            ))
+        }
+    };
+    let stateless = meta_version.is_some()
+        || method == "server/discover"
+        || header.is_some_and(era::is_stateless);
+    if stateless {
+        check_stateless(via, method, params, header, meta_version)?;
+        return Ok(Resolved {
+            era: Era::Stateless,
+            session: None,
+        });
+    }
+    match via {
+        Via::Stdio { negotiated } => Ok(Resolved {
+            era: Era::Handshake(negotiated.unwrap_or_else(handshake_default)),
+            session: None,
+        }),
+        Via::Http(h) => {
+            if let Some(v) = header {
+                if era::handshake_index(v).is_none() {
+                    return Err(Refusal::new(
+                        jsonrpc::INVALID_REQUEST,
+                        format!(
+                            "unsupported MCP-Protocol-Version: {v}; this server speaks {}",
+                            era::all_versions().join(", ")
+                        ),
+                        400,
+                    ));
+                }
+            }
+            if method == "initialize" {
+                return Ok(Resolved {
+                    era: Era::Handshake(handshake_default()),
+                    session: None,
+                });
+            }
+            let Some(sid) = h.session_id else {
+                return Err(Refusal::new(
+                    jsonrpc::INVALID_REQUEST,
+                    "missing Mcp-Session-Id header: send initialize first and repeat the session id it returns".into(),
+                    400,
+                ));
+            };
+            match shard.sessions.lookup(sid) {
+                Lookup::Valid(session) => Ok(Resolved {
+                    era: Era::Handshake(session.version),
+                    session: Some(sid),
+                }),
+                Lookup::Unknown => Err(Refusal::new(
+                    jsonrpc::INVALID_REQUEST,
+                    "unknown or expired session: send initialize again without Mcp-Session-Id"
+                        .into(),
+                    404,
+                )),
+            }
+        }
+    }
+}
+
+/// The checks of a stateless-era request: `_meta` complete, revision supported,
+/// HTTP headers present and equal to the body.
+fn check_stateless(
+    via: &Via<'_>,
+    method: &str,
+    params: &Params<'_>,
+    header: Option<&str>,
+    meta_version: Option<&str>,
+) -> Result<(), Refusal> {
+    let requested = meta_version.or(header).unwrap_or("");
+    if !requested.is_empty() && !era::is_stateless(requested) {
+        return Err(unsupported(requested));
+    }
+    let Via::Http(h) = via else {
+        return check_meta(params, meta_version);
+    };
+    let Some(hv) = header else {
+        return Err(mismatch("missing MCP-Protocol-Version header".into()));
+    };
+    if let Some(mv) = meta_version {
+        if hv != mv {
+            return Err(mismatch(format!(
+                "MCP-Protocol-Version header ({hv}) does not match params._meta[\"{}\"] ({mv})",
+                era::META_PROTOCOL_VERSION
+            )));
+        }
+    }
+    match h.mcp_method.map(decode_header) {
+        None => return Err(mismatch("missing Mcp-Method header".into())),
+        Some(None) => {
+            return Err(mismatch(
+                "Mcp-Method header is not valid =?base64?…?= encoding".into(),
+            ))
+        }
+        Some(Some(hm)) if hm != method => {
+            return Err(mismatch(format!(
+                "Mcp-Method header ({hm}) does not match the body's method ({method})"
+            )))
+        }
+        Some(Some(_)) => {}
+    }
+    if method == "tools/call" {
+        let body_name = params.name.as_deref().unwrap_or("");
+        match h.mcp_name.map(decode_header) {
+            None => {
+                return Err(mismatch(
+                    "missing Mcp-Name header (tools/call sends the tool name)".into(),
+                ))
+            }
+            Some(None) => {
+                return Err(mismatch(
+                    "Mcp-Name header is not valid =?base64?…?= encoding".into(),
+                ))
+            }
+            Some(Some(hn)) if hn != body_name => {
+                return Err(mismatch(format!(
+                    "Mcp-Name header ({hn}) does not match params.name ({body_name})"
+                )))
+            }
+            Some(Some(_)) => {}
+        }
+    }
+    check_meta(params, meta_version)
+}
+
+/// `_meta` must name the revision and the client's capabilities.
+fn check_meta(params: &Params<'_>, meta_version: Option<&str>) -> Result<(), Refusal> {
+    let has_caps = params.meta.as_ref().is_some_and(|m| {
+        m.get(era::META_CLIENT_CAPABILITIES)
+            .is_some_and(Value::is_object)
+    });
+    if meta_version.is_none() || !has_caps {
+        return Err(Refusal::new(
+            jsonrpc::INVALID_PARAMS,
+            format!(
+                "params._meta must carry \"{}\" (a string) and \"{}\" (an object) in protocol revision {}",
+                era::META_PROTOCOL_VERSION,
+                era::META_CLIENT_CAPABILITIES,
+                era::STATELESS_VERSIONS[0]
+            ),
+            400,
+        ));
+    }
+    Ok(())
+}
+
+/// Header values that are not plain visible ASCII travel as `=?base64?…?=`.
+fn decode_header(value: &str) -> Option<Cow<'_, str>> {
+    use base64::Engine;
+    match value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    {
+        None => Some(Cow::Borrowed(value)),
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .map(Cow::Owned),
+    }
+}
+
+fn handshake_default() -> u8 {
+    era::handshake_index(era::LATEST_HANDSHAKE).expect("latest is listed")
+}
+
+fn initialize(
+    shard: &Shard,
+    via: &Via<'_>,
+    id: &RawValue,
+    params: &Params<'_>,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    let Some(requested) = params.protocol_version.as_deref() else {
+        return reply_error(
+            out,
+            Some(id),
+            jsonrpc::INVALID_PARAMS,
+            "initialize needs params.protocolVersion",
+            None,
+            200,
+        );
+    };
+    // Answer the requested revision when we speak it, else our newest (the client
+    // then decides whether it can go on).
+    let index = era::handshake_index(requested).unwrap_or_else(handshake_default);
+    let mut outcome = Outcome::ok();
+    outcome.negotiated = Some(index);
+    if let Via::Http(_) = via {
+        match shard.sessions.create(shard.id, index) {
+            Some(sid) => outcome.new_session = Some(sid),
+            None => {
+                return reply_error(
+                    out,
+                    Some(id),
+                    jsonrpc::INTERNAL_ERROR,
+                    "too many open sessions; end one with DELETE /mcp or raise limits.max_sessions",
+                    None,
+                    503,
+                )
+            }
+        }
+    }
+    let result = json!({
+        "protocolVersion": era::HANDSHAKE_VERSIONS[index as usize],
+        "capabilities": capabilities(),
+        "serverInfo": server_info(),
+        "instructions": INSTRUCTIONS,
+    });
+    write_value(out, id, &result);
+    outcome
+}
+
+fn tools_list(
+    shard: &Shard,
+    era: Era,
+    id: &RawValue,
+    params: &Params<'_>,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    let start = match params.cursor.as_deref() {
+        None => 0,
+        Some(c) => match c.parse::<usize>() {
+            Ok(n) if n < shard.tools.len() => n,
+            _ => {
+                return reply_error(
+                    out,
+                    Some(id),
+                    jsonrpc::INVALID_PARAMS,
+                    &format!("invalid cursor: {c:?}; use the nextCursor of a previous tools/list"),
+                    None,
+                    200,
+                )
+            }
+        },
+    };
+    let page = shard.config.limits.tools_page_size.max(1);
+    let end = (start + page).min(shard.tools.len());
+    let tools: Vec<Value> = shard
+        .tools
+        .tools()
+        .skip(start)
+        .take(end - start)
+        .map(|t| t.spec().to_json())
+        .collect();
+    let mut result = Map::new();
+    result.insert("tools".into(), Value::Array(tools));
+    if end < shard.tools.len() {
+        result.insert("nextCursor".into(), Value::String(end.to_string()));
+    }
+    let mut result = Value::Object(result);
+    if era == Era::Stateless {
+        stateless_result(&mut result, true);
+    }
+    write_value(out, id, &result);
+    Outcome::ok()
+}
+
+async fn tools_call(
+    shard: &Shard,
+    session: Option<&str>,
+    era: Era,
+    id: &RawValue,
+    params: Params<'_>,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    let Some(name) = params.name.as_deref() else {
+        return reply_error(
+            out,
+            Some(id),
+            jsonrpc::INVALID_PARAMS,
+            "tools/call needs params.name",
+            None,
+            200,
+        );
+    };
+    let Some(tool) = shard.tools.get(name) else {
+        return reply_error(
+            out,
+            Some(id),
+            jsonrpc::INVALID_PARAMS,
+            &format!("unknown tool: {name}; tools/list names the tools this server has"),
+            None,
+            200,
+        );
+    };
+    let args = match params.arguments {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return reply_error(
+                out,
+                Some(id),
+                jsonrpc::INVALID_PARAMS,
+                "params.arguments must be an object",
+                None,
+                200,
+            )
+        }
+    };
+    let timeout = shard.config.timeout;
+    let deadline = Instant::now() + timeout;
+    let cancel = CancelFlag::default();
+    let guard = shard
+        .inflight
+        .register(namespace(session), id.get(), cancel.clone());
+    let cx = CallContext {
+        shard,
+        deadline,
+        cancel: cancel.clone(),
+    };
+    let ended = Ended {
+        timer: glommio::timer::Timer::new(timeout),
+        guard: &guard,
+    };
+    let result = futures_lite::future::or(async { Some(tool.call(&cx, args).await) }, ended).await;
+    drop(guard);
+    let result = match result {
+        Some(r) => r,
+        None if cancel.is_cancelled() && Instant::now() < deadline => {
+            ToolResult::error("cancelled by the client (notifications/cancelled)")
+        }
+        None => {
+            cancel.cancel();
+            ToolResult::error(format!(
+                "timed out after {} ms; narrow the request (a smaller limit, a more specific query) or raise --timeout-ms",
+                timeout.as_millis()
+            ))
+        }
+    };
+    let mut value = result.to_json();
+    if era == Era::Stateless {
+        stateless_result(&mut value, false);
+    }
+    write_value(out, id, &value);
+    Outcome::ok()
+}
+
+fn write_value(out: &mut Vec<u8>, id: &RawValue, result: &Value) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.get().as_bytes());
+    out.extend_from_slice(b",\"result\":");
+    serde_json::to_writer(&mut *out, result).expect("writing to a Vec cannot fail");
+    out.push(b'}');
+}
+
+fn reply_error(
+    out: &mut Vec<u8>,
+    id: Option<&RawValue>,
+    code: i32,
+    message: &str,
+    data: Option<&Value>,
+    status: u16,
+) -> Outcome {
+    jsonrpc::write_error(out, id, code, message, data);
+    Outcome::error(status)
+}
+
+/// Writes the response to a message that could not be parsed at all.
+pub fn write_parse_error(out: &mut Vec<u8>, code: i32, detail: &str) {
+    let message = if code == jsonrpc::PARSE_ERROR {
+        format!("parse error: {detail}")
+    } else {
+        format!("invalid request: {detail}")
+    };
+    jsonrpc::write_error(out, None, code, &message, None);
+}
+
+/// Request ids are unique only per session (or stream), so cancellation keys carry
+/// the session they belong to.
+fn namespace(session: Option<&str>) -> u64 {
+    match session {
+        Some(sid) => {
+            let mut h = hashbrown::DefaultHashBuilder::default().build_hasher();
+            sid.hash(&mut h);
+            h.finish() | 1
+        }
+        None => 0,
+    }
+}
+
+/// Completes when a call's deadline passes or the client cancels it.
+struct Ended<'g> {
+    timer: glommio::timer::Timer,
+    guard: &'g InflightGuard<'g>,
+}
+
+impl Future for Ended<'_> {
+    type Output = Option<ToolResult>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ToolResult>> {
+        if self.guard.entry.flag.is_cancelled() {
+            return Poll::Ready(None);
+        }
+        self.guard.entry.waker.replace(Some(cx.waker().clone()));
+        match Pin::new(&mut self.timer).poll(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+struct InflightEntry {
+    flag: CancelFlag,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// The calls running on this shard, by (namespace, request id), so that
+/// `notifications/cancelled` can stop them.
+#[derive(Default)]
+pub struct Inflight {
+    calls: RefCell<hashbrown::HashMap<(u64, Box<str>), Rc<InflightEntry>>>,
+    running: Cell<usize>,
+}
+
+pub struct InflightGuard<'a> {
+    owner: &'a Inflight,
+    key: (u64, Box<str>),
+    entry: Rc<InflightEntry>,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        let mut calls = self.owner.calls.borrow_mut();
+        if calls
+            .get(&self.key)
+            .is_some_and(|e| Rc::ptr_eq(e, &self.entry))
+        {
+            calls.remove(&self.key);
+        }
+        self.owner.running.set(self.owner.running.get() - 1);
+    }
+}
+
+impl Inflight {
+    fn register(&self, ns: u64, id: &str, flag: CancelFlag) -> InflightGuard<'_> {
+        let entry = Rc::new(InflightEntry {
+            flag,
+            waker: RefCell::new(None),
+        });
+        let key = (ns, Box::<str>::from(id));
+        self.calls.borrow_mut().insert(key.clone(), entry.clone());
+        self.running.set(self.running.get() + 1);
+        InflightGuard {
+            owner: self,
+            key,
+            entry,
+        }
+    }
+
+    /// Cancels a running call; false when no such call runs on this shard.
+    pub fn cancel(&self, ns: u64, id: &str) -> bool {
+        let entry = self
+            .calls
+            .borrow()
+            .get(&(ns, Box::<str>::from(id)))
+            .cloned();
+        match entry {
+            Some(e) => {
+                e.flag.cancel();
+                if let Some(w) = e.waker.borrow_mut().take() {
+                    w.wake();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Calls running now.
+    pub fn running(&self) -> usize {
+        self.running.get()
+    }
+}

@@ -1,0 +1,279 @@
+//! Start-up: one pinned glommio executor per shard, each binding the listen address
+//! with SO_REUSEPORT and owning its state.
+//!
+//! Start-up is all-or-nothing. Every shard reports back once it is bound (or why it
+//! could not start); the process says which shard failed and exits non-zero rather
+//! than serving with fewer shards than asked for, or exiting 0 in silence.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+
+use crate::config::Config;
+use crate::protocol::session::SessionTable;
+use crate::shard::{CancelMsg, Shard, CANCEL_QUEUE};
+use crate::transport::http;
+use glommio::channels::channel_mesh::MeshBuilder;
+
+/// glommio needs this much lockable memory for its rings.
+const MIN_MEMLOCK_BYTES: u64 = 512 * 1024;
+/// How often each shard ends its idle sessions.
+const SESSION_SWEEP_MAX: Duration = Duration::from_secs(60);
+
+/// What a shard reports when it is up.
+struct Up {
+    shard: usize,
+    cpu: i32,
+}
+
+/// Serves until the process is stopped. Returns an error that says what failed.
+pub fn serve(mut config: Config) -> Result<(), String> {
+    raise_fd_limit();
+    check_memlock()?;
+    let shards = if config.shards == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        config.shards
+    };
+    config.shards = shards;
+    // Port 0 asks the kernel for a free port; every shard must then bind that same
+    // port, so reserve one here first.
+    let reservation = reserve_port(config.listen)?;
+    config.listen = reservation
+        .local_addr()
+        .map_err(|e| format!("listen address: {e}"))?
+        .as_socket()
+        .expect("an inet socket");
+
+    let placement = if config.cpus.is_empty() {
+        PoolPlacement::MaxSpread(shards, None)
+    } else {
+        if config.cpus.len() != shards {
+            return Err(format!(
+                "--cpus names {} CPUs but {} shards were asked for; name one CPU per shard",
+                config.cpus.len(),
+                shards
+            ));
+        }
+        let online = CpuSet::online().map_err(|e| format!("cannot read the online CPUs: {e}"))?;
+        let mut sets = Vec::new();
+        for &cpu in &config.cpus {
+            let set = online.clone().filter(|l| l.cpu == cpu);
+            if set.is_empty() {
+                return Err(format!("CPU {cpu} is not online"));
+            }
+            sets.push(set);
+        }
+        PoolPlacement::Custom(sets)
+    };
+
+    let config = Arc::new(config);
+    let sessions = Arc::new(SessionTable::new(
+        config.limits.max_sessions,
+        shards,
+        config.limits.session_idle,
+    ));
+    let (tx, rx) = mpsc::channel::<Result<Up, String>>();
+    let next_index = Arc::new(AtomicUsize::new(0));
+    let mesh: MeshBuilder<CancelMsg, _> = MeshBuilder::full(shards, CANCEL_QUEUE);
+    let mut builder = LocalExecutorPoolBuilder::new(placement).name("coremcp-shard");
+    if let Some(spin) = config.spin_before_park {
+        builder = builder.spin_before_park(spin);
+    }
+    let pool = {
+        let config = config.clone();
+        builder
+            .on_all_shards(move || {
+                let config = config.clone();
+                let sessions = sessions.clone();
+                let tx = tx.clone();
+                let index = next_index.fetch_add(1, Ordering::Relaxed);
+                let mesh = mesh.clone();
+                async move { run_shard(index, config, sessions, mesh, tx).await }
+            })
+            .map_err(|e| format!("cannot start the shards: {e}"))?
+    };
+    let mut up = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        match rx.recv() {
+            Ok(Ok(u)) => up.push(u),
+            Ok(Err(why)) => return Err(why),
+            Err(_) => break,
+        }
+    }
+    if up.len() < shards {
+        // A shard died without reporting; its join result says why.
+        for r in pool.join_all() {
+            if let Err(e) = r {
+                return Err(format!("a shard failed to start: {e}"));
+            }
+        }
+        return Err("a shard failed to start".into());
+    }
+    drop(reservation);
+    up.sort_by_key(|u| u.shard);
+    let cpus: Vec<String> = up
+        .iter()
+        .map(|u| format!("{}→cpu{}", u.shard, u.cpu))
+        .collect();
+    eprintln!(
+        "coremcp {} listening on http://{}/mcp with {} shard(s) [{}]; roots: {}; databases: {}",
+        env!("CARGO_PKG_VERSION"),
+        config.listen,
+        shards,
+        cpus.join(" "),
+        config
+            .roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if config.databases.is_empty() {
+            "none".to_string()
+        } else {
+            config
+                .databases
+                .iter()
+                .map(|d| format!("{}={}", d.name, d.path.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    for r in pool.join_all() {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Err(why),
+            Err(e) => return Err(format!("a shard stopped: {e}")),
+        }
+    }
+    Ok(())
+}
+
+async fn run_shard(
+    index: usize,
+    config: Arc<Config>,
+    sessions: Arc<SessionTable>,
+    mesh: MeshBuilder<CancelMsg, glommio::channels::channel_mesh::Full>,
+    tx: mpsc::Sender<Result<Up, String>>,
+) -> Result<(), String> {
+    let fail = |why: String| {
+        let _ = tx.send(Err(why.clone()));
+        Err(why)
+    };
+    let listener = match glommio::net::TcpListener::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(format!(
+                "shard {index}: cannot listen on {}: {e}",
+                config.listen
+            ))
+        }
+    };
+    let (peers, mut inbox) = match mesh.join().await {
+        Ok(pair) => pair,
+        Err(e) => return fail(format!("shard {index}: cannot join the other shards: {e}")),
+    };
+    let shard = match Shard::new(index, config.clone(), sessions, Some(peers)) {
+        Ok(s) => Rc::new(s),
+        Err(e) => return fail(format!("shard {index}: {e}")),
+    };
+    for (_, rx) in inbox.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some((ns, id)) = rx.recv().await {
+                shard.inflight.cancel(ns, &id);
+            }
+        })
+        .detach();
+    }
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    let _ = tx.send(Ok(Up { shard: index, cpu }));
+    drop(tx);
+
+    let sweep = (config.limits.session_idle / 4).clamp(Duration::from_secs(1), SESSION_SWEEP_MAX);
+    let sweeper = shard.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(sweep).await;
+            sweeper.sessions.expire_idle(sweeper.id);
+        }
+    })
+    .detach();
+    http::accept_loop(shard, listener).await;
+    Ok(())
+}
+
+/// Binds (without listening) a SO_REUSEPORT socket to resolve port 0 and hold the
+/// port while the shards bind it.
+fn reserve_port(addr: SocketAddr) -> Result<socket2::Socket, String> {
+    use socket2::{Domain, Socket, Type};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let sock = Socket::new(domain, Type::STREAM, None)
+        .map_err(|e| format!("cannot create a socket: {e}"))?;
+    sock.set_reuse_port(true)
+        .map_err(|e| format!("SO_REUSEPORT: {e}"))?;
+    sock.bind(&addr.into())
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    if addr.port() != 0 && port_has_listener(addr) {
+        return Err(format!(
+            "cannot listen on {addr}: another process already listens there (SO_REUSEPORT would share its traffic); stop it or pick another --listen"
+        ));
+    }
+    Ok(sock)
+}
+
+/// True when something already accepts connections on `addr`.
+fn port_has_listener(addr: SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+fn raise_fd_limit() {
+    // Thousands of idle keep-alive connections need as many descriptors.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn check_memlock() -> Result<(), String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 {
+            return Ok(());
+        }
+        if lim.rlim_cur < MIN_MEMLOCK_BYTES && lim.rlim_max >= MIN_MEMLOCK_BYTES {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
+            libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim);
+        }
+    }
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < MIN_MEMLOCK_BYTES {
+        return Err(format!(
+            "RLIMIT_MEMLOCK is {} KiB; io_uring needs at least {} KiB: run `ulimit -l {}` or set LimitMEMLOCK in the systemd unit (see tuning/)",
+            lim.rlim_cur / 1024,
+            MIN_MEMLOCK_BYTES / 1024,
+            MIN_MEMLOCK_BYTES / 1024
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! One HTTP/1.1 connection: read requests, answer them in order, enforce the limits.
+//!
+//! Requests on a connection are served one after another, so pipelined responses
+//! leave in request order by construction. Responses to requests that were already
+//! buffered are gathered and written together, one syscall for a pipelined burst.
+//! The read, write and body buffers live as long as the connection and are reused
+//! by every request on it.
+
+use std::io::ErrorKind;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::frame::{self, ChunkError, Chunked, Head, HeadError};
+use super::route;
+use crate::shard::Shard;
+
+/// First size of a connection's read buffer; it grows only for large requests.
+const INITIAL_READ_BUFFER: usize = 4 * 1024;
+/// Smallest read attempted once the buffer has to grow.
+const READ_CHUNK: usize = 16 * 1024;
+/// Responses gathered before they are written even though more requests are
+/// buffered: bounds the write buffer under a long pipelined burst.
+const WRITE_FLUSH_BYTES: usize = 256 * 1024;
+/// After refusing a body (413), how much of it is read and dropped, and for how
+/// long, so that the client sees the response instead of a connection reset.
+const DRAIN_MAX_BYTES: usize = 1024 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn {
+        limits_idle: shard.config.limits.idle_timeout,
+        shard,
+        stream,
+        rbuf: vec![0; INITIAL_READ_BUFFER],
+        start: 0,
+        end: 0,
+        wbuf: Vec::with_capacity(INITIAL_READ_BUFFER),
+        body: Vec::new(),
+        json: Vec::new(),
+    };
+    let _ = conn.run().await;
+}
+
+struct Conn {
+    shard: Rc<Shard>,
+    limits_idle: Duration,
+    stream: TcpStream,
+    /// Received bytes live in `rbuf[start..end]`.
+    rbuf: Vec<u8>,
+    start: usize,
+    end: usize,
+    wbuf: Vec<u8>,
+    /// A chunked request's decoded body.
+    body: Vec<u8>,
+    /// A response body being built.
+    json: Vec<u8>,
+}
+
+enum Next {
+    KeepGoing,
+    Close,
+}
+
+impl Conn {
+    async fn run(&mut self) -> std::io::Result<()> {
+        self.stream.set_write_timeout(Some(self.limits_idle))?;
+        loop {
+            match self.one_request().await? {
+                Next::KeepGoing => {}
+                Next::Close => {
+                    self.flush().await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn one_request(&mut self) -> std::io::Result<Next> {
+        let limits = self.shard.config.limits.clone();
+        // The head.
+        let mut head_started: Option<Instant> = None;
+        let head = loop {
+            match frame::parse_head(&self.rbuf[self.start..self.end], limits.max_headers) {
+                Ok(Some(head)) if head.len <= limits.max_header_bytes => break head,
+                Ok(Some(_)) => return self.refuse(431, "request headers are too large").await,
+                Ok(None) => {
+                    if self.end - self.start >= limits.max_header_bytes {
+                        return self.refuse(431, "request headers are too large").await;
+                    }
+                    // Nothing more to parse: send what was gathered before waiting.
+                    self.flush().await?;
+                    let idle = self.start == self.end;
+                    let deadline = if idle {
+                        Instant::now() + limits.idle_timeout
+                    } else {
+                        *head_started.get_or_insert_with(Instant::now) + limits.header_timeout
+                    };
+                    match self.read_more(deadline, limits.max_header_bytes).await {
+                        Ok(0) => return Ok(Next::Close),
+                        Ok(_) => {
+                            head_started.get_or_insert_with(Instant::now);
+                        }
+                        Err(e) if e.kind() == ErrorKind::TimedOut && !idle => {
+                            return self
+                                .refuse(408, "request headers did not arrive in time")
+                                .await
+                        }
+                        Err(_) => return Ok(Next::Close),
+                    }
+                }
+                Err(HeadError::TooManyHeaders) => {
+                    return self.refuse(431, "too many request header fields").await
+                }
+                Err(HeadError::Malformed(why) | HeadError::BadFraming(why)) => {
+                    return self.refuse(400, why).await
+                }
+                Err(HeadError::BadLength) => {
+                    return self.refuse(400, "invalid Content-Length").await
+                }
+            }
+        };
+
+        // The body.
+        let body_deadline = Instant::now() + limits.header_timeout.max(limits.idle_timeout);
+        let max_buffer = head.len + limits.max_body_bytes;
+        let (body_in_rbuf, consumed) = if let Some(n) = head.content_length {
+            if n > limits.max_body_bytes {
+                return self.refuse_body(&head).await;
+            }
+            if head.expect_continue && self.end - self.start < head.len + n {
+                self.wbuf
+                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                self.flush().await?;
+            }
+            while self.end - self.start < head.len + n {
+                match self.read_more(body_deadline, max_buffer).await {
+                    Ok(0) => return Ok(Next::Close),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::TimedOut => {
+                        return self
+                            .refuse(408, "request body did not arrive in time")
+                            .await
+                    }
+                    Err(_) => return Ok(Next::Close),
+                }
+            }
+            (true, head.len + n)
+        } else if head.chunked {
+            if head.expect_continue {
+                self.wbuf
+                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                self.flush().await?;
+            }
+            let mut decoder = Chunked::default();
+            self.body.clear();
+            let mut rel = head.len;
+            loop {
+                match decoder.feed(
+                    &self.rbuf[self.start + rel..self.end],
+                    &mut self.body,
+                    limits.max_body_bytes,
+                ) {
+                    Ok(used) => rel += used,
+                    Err(ChunkError::TooLarge) => return self.refuse_body(&head).await,
+                    Err(ChunkError::Malformed) => {
+                        return self.refuse(400, "malformed chunked body").await
+                    }
+                }
+                if decoder.is_done() {
+                    break;
+                }
+                // Decoded input is no longer needed: drop it so the buffer holds at
+                // most one read of undecoded bytes whatever the body's size.
+                self.rbuf
+                    .copy_within(self.start + rel..self.end, self.start + head.len);
+                self.end -= rel - head.len;
+                rel = head.len;
+                match self
+                    .read_more(body_deadline, head.len + READ_CHUNK * 4)
+                    .await
+                {
+                    Ok(0) => return Ok(Next::Close),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::TimedOut => {
+                        return self
+                            .refuse(408, "request body did not arrive in time")
+                            .await
+                    }
+                    Err(_) => return Ok(Next::Close),
+                }
+            }
+            (false, rel)
+        } else {
+            (true, head.len)
+        };
+
+        // The answer.
+        let buf = &self.rbuf[self.start..self.end];
+        let body: &[u8] = if body_in_rbuf {
+            &buf[head.len..consumed]
+        } else {
+            &self.body
+        };
+        let keep_alive = head.keep_alive;
+        route::respond(
+            &self.shard,
+            buf,
+            &head,
+            body,
+            keep_alive,
+            &mut self.wbuf,
+            &mut self.json,
+        )
+        .await;
+        self.start += consumed;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if !keep_alive {
+            return Ok(Next::Close);
+        }
+        if self.wbuf.len() >= WRITE_FLUSH_BYTES {
+            self.flush().await?;
+        }
+        Ok(Next::KeepGoing)
+    }
+
+    /// Reads more bytes, growing the buffer up to `cap` bytes of pending data.
+    async fn read_more(&mut self, deadline: Instant, cap: usize) -> std::io::Result<usize> {
+        if self.end == self.rbuf.len() {
+            if self.start > 0 {
+                self.rbuf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.end == self.rbuf.len() {
+                let want = (self.rbuf.len() * 2)
+                    .max(self.end + READ_CHUNK)
+                    .min(cap.max(self.end + 1));
+                self.rbuf.resize(want, 0);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let n = self.stream.read(&mut self.rbuf[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            let r = self.stream.write_all(&self.wbuf).await;
+            self.wbuf.clear();
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Answers with an error status and closes: the request could not be framed, so
+    /// nothing after it on this connection can be trusted.
+    async fn refuse(&mut self, status: u16, why: &str) -> std::io::Result<Next> {
+        route::write_plain_error(&mut self.wbuf, status, why, false, &[]);
+        Ok(Next::Close)
+    }
+
+    /// 413 without reading the body: answer, stop sending, then drop a bounded
+    /// amount of what the client is still sending so it can read the answer.
+    async fn refuse_body(&mut self, head: &Head) -> std::io::Result<Next> {
+        let max = self.shard.config.limits.max_body_bytes;
+        let why = format!("request body is larger than {max} bytes (limits.max_body_bytes)");
+        let _ = head;
+        route::write_plain_error(&mut self.wbuf, 413, &why, false, &[]);
+        self.flush().await?;
+        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut drained = 0;
+        self.start = 0;
+        self.end = 0;
+        while drained < DRAIN_MAX_BYTES {
+            match self.read_more(deadline, READ_CHUNK).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    drained += n;
+                    self.start = 0;
+                    self.end = 0;
+                }
+            }
+        }
+        Ok(Next::Close)
+    }
+}
