@@ -215,6 +215,26 @@ mod tests {
     }
 
     #[test]
+    fn absolute_paths_in_any_root_and_relative_only_in_the_first() {
+        let (root, _o, _) = setup();
+        let second = tempfile::tempdir().unwrap();
+        std::fs::write(second.path().join("b.txt"), "b").unwrap();
+        let (first, second_real) = (
+            root.path().canonicalize().unwrap(),
+            second.path().canonicalize().unwrap(),
+        );
+        let roots = Roots::new(vec![first, second_real.clone()]);
+        let abs = second_real.join("b.txt");
+        let r = roots.resolve(abs.to_str().unwrap()).unwrap();
+        assert_eq!(r.display, abs.to_str().unwrap());
+        assert_eq!(roots.root_of(&r.real), Some(second_real.as_path()));
+        assert_eq!(
+            roots.resolve("b.txt"),
+            Err(PathError::NotFound("b.txt".into()))
+        );
+    }
+
+    #[test]
     fn nul_empty_missing() {
         let (_r, _o, roots) = setup();
         assert_eq!(roots.resolve("sub/a\0.txt"), Err(PathError::NulByte));

@@ -229,17 +229,35 @@ mod tests {
         let names: Vec<&str> = r.tools().map(|t| t.spec().name).collect();
         assert_eq!(
             names,
-            ["read_file", "read_multiple_files", "list_directory", "search_code", "query_db", "db_schema"]
+            [
+                "read_file",
+                "read_multiple_files",
+                "list_directory",
+                "search_code",
+                "query_db",
+                "db_schema"
+            ]
         );
         for t in r.tools() {
             let s = t.spec();
             let a = s.annotations;
-            assert!(a.read_only && !a.destructive && a.idempotent && !a.open_world, "{}", s.name);
+            assert!(
+                a.read_only && !a.destructive && a.idempotent && !a.open_world,
+                "{}",
+                s.name
+            );
             let schema = &s.input_schema;
-            assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+            assert_eq!(
+                schema["$schema"],
+                "https://json-schema.org/draft/2020-12/schema"
+            );
             assert_eq!(schema["additionalProperties"], false, "{}", s.name);
             for (prop, def) in schema["properties"].as_object().unwrap() {
-                assert!(def["description"].as_str().is_some_and(|d| d.len() > 10), "{}.{prop}", s.name);
+                assert!(
+                    def["description"].as_str().is_some_and(|d| d.len() > 10),
+                    "{}.{prop}",
+                    s.name
+                );
             }
             let json = s.to_json();
             assert_eq!(json["annotations"]["readOnlyHint"], true);
