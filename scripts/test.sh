@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the tests need on a fresh machine, then
+# runs every suite against the real binary:
+#   1. cargo test            — unit tests and the HTTP/stdio integration tests
+#   2. pytest tests/interop  — the official MCP Python SDK client (legacy, auto,
+#                              2026-07-28, stdio) and the official conformance suite
+# Installs go under .tools/ (git-ignored) and are reused when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TOOLS=$ROOT/.tools
+mkdir -p "$TOOLS"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python SDK client and pytest (.tools/venv)"
+if [ ! -x "$TOOLS/venv/bin/python" ]; then
+  python3 -m venv "$TOOLS/venv"
+fi
+"$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+
+step "Node 22 and the MCP conformance suite (.tools/node)"
+# The machine's Node may be older; the suite needs Node 22 (fs.globSync), which
+# the npm registry ships as the `node` package.
+if [ ! -x "$TOOLS/node/node_modules/.bin/node" ] || [ ! -d "$TOOLS/node/node_modules/@modelcontextprotocol/conformance" ]; then
+  mkdir -p "$TOOLS/node"
+  cp tests/interop/package.json "$TOOLS/node/package.json"
+  (cd "$TOOLS/node" && npm install --no-audit --no-fund --loglevel=error)
+fi
+export CONFORMANCE_NODE="$TOOLS/node/node_modules/.bin/node"
+export CONFORMANCE_CLI="$TOOLS/node/node_modules/@modelcontextprotocol/conformance/dist/index.js"
+"$CONFORMANCE_NODE" --version
+
+step "cargo test"
+cargo test --locked --all-targets
+
+step "interop: Python SDK client and conformance suite"
+export COREMCP_BIN="$ROOT/target/debug/coremcp"
+"$TOOLS/venv/bin/python" -m pytest tests/interop -q
