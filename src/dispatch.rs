@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -689,7 +689,8 @@ pub fn write_parse_error(out: &mut Vec<u8>, code: i32, detail: &str) {
 fn namespace(session: Option<&str>) -> u64 {
     match session {
         Some(sid) => {
-            let mut h = hashbrown::DefaultHashBuilder::default().build_hasher();
+            // Fixed keys: every shard must compute the same namespace for a session.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
             sid.hash(&mut h);
             h.finish() | 1
         }

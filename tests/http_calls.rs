@@ -1,0 +1,322 @@
+//! Tool calls over HTTP against the real binary: pagination, deadlines, cancellation
+//! (on the call's shard and from another shard), and what must not stall a shard.
+
+mod common;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Counts forever; only a deadline or a cancellation ends it.
+const ENDLESS: &str =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+
+fn fixture(name: &str) -> (PathBuf, String) {
+    let dir = temp_dir(name);
+    write(&dir, "a.txt", b"alpha\n");
+    let db = dir.join("data.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'one'), (2, 'two');")
+        .unwrap();
+    drop(conn);
+    (dir.clone(), db.to_string_lossy().into_owned())
+}
+
+fn call(id: u64, tool: &str, args: Value) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})
+}
+
+/// True when the server has sent something on `c` that has not been read yet.
+fn has_data(c: &Conn) -> bool {
+    c.stream.set_nonblocking(true).unwrap();
+    let r = c.stream.peek(&mut [0u8; 1]);
+    c.stream.set_nonblocking(false).unwrap();
+    matches!(r, Ok(n) if n > 0)
+}
+
+#[test]
+fn tools_list_is_ordered_and_paginated() {
+    let (dir, _) = fixture("pages");
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--root",
+        dir.to_str().unwrap(),
+        "--limit",
+        "tools_page_size=4",
+    ]);
+    let (mut c, sid) = s.session("2025-11-25");
+    let h = [("mcp-session-id", sid.as_str())];
+    let first = c
+        .post(&h, &json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}))
+        .json();
+    let page1: Vec<String> = first["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        page1,
+        [
+            "read_file",
+            "read_multiple_files",
+            "list_directory",
+            "search_code"
+        ]
+    );
+    let cursor = first["result"]["nextCursor"].as_str().unwrap().to_string();
+    let second = c
+        .post(
+            &h,
+            &json!({"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":cursor}}),
+        )
+        .json();
+    let page2: Vec<&str> = second["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(page2, ["query_db", "db_schema"]);
+    assert!(second["result"].get("nextCursor").is_none());
+    // Every tool says what it does and how to call it.
+    for t in first["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["result"]["tools"].as_array().unwrap())
+    {
+        assert_eq!(t["inputSchema"]["type"], "object");
+        assert_eq!(t["annotations"]["readOnlyHint"], true);
+        assert!(t["description"].as_str().unwrap().len() > 20);
+    }
+    let bad = c
+        .post(
+            &h,
+            &json!({"jsonrpc":"2.0","id":3,"method":"tools/list","params":{"cursor":"bogus"}}),
+        )
+        .json();
+    assert_eq!(bad["error"]["code"], -32602);
+}
+
+#[test]
+fn tool_errors_are_results_and_protocol_errors_are_errors() {
+    let (dir, db) = fixture("errors");
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--root",
+        dir.to_str().unwrap(),
+        "--db",
+        &db,
+    ]);
+    let (mut c, sid) = s.session("2025-11-25");
+    let h = [("mcp-session-id", sid.as_str())];
+    let r = c
+        .post(&h, &call(1, "read_file", json!({"path":"a.txt"})))
+        .json();
+    assert_eq!(r["result"]["isError"], false);
+    assert_eq!(r["result"]["content"][0]["text"], "alpha\n");
+    // Bad arguments: a result the model can read.
+    let r = c.post(&h, &call(2, "read_file", json!({"path": 7}))).json();
+    assert_eq!(r["result"]["isError"], true);
+    assert!(r["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("path"));
+    // Unknown tool and malformed arguments: JSON-RPC errors.
+    let r = c.post(&h, &call(3, "no_such_tool", json!({}))).json();
+    assert_eq!(r["error"]["code"], -32602);
+    let r = c.post(&h, &json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"read_file","arguments":[1]}})).json();
+    assert_eq!(r["error"]["code"], -32602);
+    let r = c
+        .post(
+            &h,
+            &call(
+                5,
+                "query_db",
+                json!({"sql":"SELECT v FROM t WHERE id = ?", "params":[2]}),
+            ),
+        )
+        .json();
+    assert_eq!(r["result"]["isError"], false, "{r}");
+}
+
+#[test]
+fn a_call_past_its_deadline_ends_and_the_shard_keeps_serving_meanwhile() {
+    let (dir, db) = fixture("deadline");
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--root",
+        dir.to_str().unwrap(),
+        "--db",
+        &db,
+        "--timeout-ms",
+        "1500",
+    ]);
+    let (mut slow, sid) = s.session("2025-11-25");
+    let h = [("mcp-session-id", sid.as_str())];
+    slow.send_raw(&post_bytes(
+        &h,
+        &serde_json::to_vec(&call(1, "query_db", json!({"sql": ENDLESS}))).unwrap(),
+    ));
+    // While the endless query runs, the same shard answers a fast call.
+    let mut fast = s.connect();
+    let r = fast
+        .post(
+            &h,
+            &call(2, "query_db", json!({"sql":"SELECT v FROM t WHERE id = 1"})),
+        )
+        .json();
+    assert_eq!(r["result"]["isError"], false);
+    assert!(!has_data(&slow), "the fast call was answered first");
+    let r = slow.read_response().json();
+    assert_eq!(r["result"]["isError"], true);
+    assert!(
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1500 ms"),
+        "{r}"
+    );
+}
+
+/// Sends `notifications/cancelled` from `canceller` until `victim` has an answer,
+/// because the cancel may arrive before the call is registered; returns the answer.
+fn cancel_until_answered(victim: &mut Conn, canceller: &mut Conn, sid: &str, id: u64) -> Value {
+    let cancel = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId": id, "reason":"test"}});
+    for _ in 0..1000 {
+        let r = canceller.post(&[("mcp-session-id", sid)], &cancel);
+        assert_eq!(r.status, 202);
+        victim
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let ready = victim
+            .stream
+            .peek(&mut [0u8; 1])
+            .map(|n| n > 0)
+            .unwrap_or(false);
+        victim.stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        if ready {
+            return victim.read_response().json();
+        }
+    }
+    panic!("the call was never cancelled");
+}
+
+#[test]
+fn cancellation_stops_a_call_on_its_own_shard() {
+    let (dir, db) = fixture("cancel1");
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--root",
+        dir.to_str().unwrap(),
+        "--db",
+        &db,
+        "--timeout-ms",
+        "120000",
+    ]);
+    let (mut victim, sid) = s.session("2025-11-25");
+    victim.send_raw(&post_bytes(
+        &[("mcp-session-id", &sid)],
+        &serde_json::to_vec(&call(41, "query_db", json!({"sql": ENDLESS}))).unwrap(),
+    ));
+    let mut canceller = s.connect();
+    let r = cancel_until_answered(&mut victim, &mut canceller, &sid, 41);
+    assert_eq!(r["id"], 41);
+    assert_eq!(r["result"]["isError"], true);
+    assert!(
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled"),
+        "{r}"
+    );
+    // The connection and the shard go on.
+    let r = victim.post(
+        &[("mcp-session-id", &sid)],
+        &json!({"jsonrpc":"2.0","id":42,"method":"ping"}),
+    );
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn cancellation_reaches_a_call_on_another_shard() {
+    let (dir, db) = fixture("cancel2");
+    let s = Server::start(&[
+        "--shards",
+        "2",
+        "--root",
+        dir.to_str().unwrap(),
+        "--db",
+        &db,
+        "--timeout-ms",
+        "120000",
+    ]);
+    let (mut victim, sid) = s.session("2025-11-25");
+    let victim_shard = victim.request("GET", "/healthz", &[], b"").text();
+    let mut canceller = (0..200)
+        .map(|_| s.connect())
+        .find_map(|mut c| {
+            (c.request("GET", "/healthz", &[], b"").text() != victim_shard).then_some(c)
+        })
+        .expect("a connection on the other shard");
+    victim.send_raw(&post_bytes(
+        &[("mcp-session-id", &sid)],
+        &serde_json::to_vec(&call(7, "query_db", json!({"sql": ENDLESS}))).unwrap(),
+    ));
+    let r = cancel_until_answered(&mut victim, &mut canceller, &sid, 7);
+    assert!(
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled"),
+        "{r}"
+    );
+}
+
+#[test]
+fn idle_sessions_expire_and_free_their_place() {
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--limit",
+        "max_sessions=1",
+        "--limit",
+        "session_idle=1",
+    ]);
+    let (mut c, sid) = s.session("2025-11-25");
+    // The one place is taken until the session has been idle past its limit;
+    // asking for another session does not touch the first, so ask until it is freed.
+    let mut freed = false;
+    for _ in 0..200 {
+        if c.post(&[], &initialize("2025-11-25")).status == 200 {
+            freed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(freed, "the idle session was never expired");
+    let r = c.post(
+        &[("mcp-session-id", &sid)],
+        &json!({"jsonrpc":"2.0","id":1,"method":"ping"}),
+    );
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn idle_connections_are_closed() {
+    let s = Server::start(&["--shards", "1", "--limit", "idle_timeout=200"]);
+    let mut c = s.connect();
+    assert_eq!(c.request("GET", "/healthz", &[], b"").status, 200);
+    // The server closes the quiet connection on its own: the read sees EOF.
+    let mut buf = [0u8; 1];
+    assert_eq!(c.stream.read(&mut buf).unwrap(), 0);
+}
