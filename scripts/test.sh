@@ -3,7 +3,8 @@
 # runs every suite against the real binary:
 #   1. cargo test            — unit tests and the HTTP/stdio integration tests
 #   2. pytest tests/interop  — the official MCP Python SDK client (legacy, auto,
-#                              2026-07-28, stdio) and the official conformance suite
+#                              2026-07-28, stdio), the official conformance suite
+#                              and the MCP Inspector CLI (HTTP and stdio)
 # Installs go under .tools/ (git-ignored) and are reused when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,21 +20,22 @@ if [ ! -x "$TOOLS/venv/bin/python" ]; then
 fi
 "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 
-step "Node 22 and the MCP conformance suite (.tools/node)"
+step "Node 22, the MCP conformance suite and the MCP Inspector (.tools/node)"
 # The machine's Node may be older; the suite needs Node 22 (fs.globSync), which
 # the npm registry ships as the `node` package.
-if [ ! -x "$TOOLS/node/node_modules/.bin/node" ] || [ ! -d "$TOOLS/node/node_modules/@modelcontextprotocol/conformance" ]; then
+if ! cmp -s tests/interop/package.json "$TOOLS/node/package.json" || [ ! -x "$TOOLS/node/node_modules/.bin/node" ]; then
   mkdir -p "$TOOLS/node"
   cp tests/interop/package.json "$TOOLS/node/package.json"
   (cd "$TOOLS/node" && npm install --no-audit --no-fund --loglevel=error)
 fi
 export CONFORMANCE_NODE="$TOOLS/node/node_modules/.bin/node"
 export CONFORMANCE_CLI="$TOOLS/node/node_modules/@modelcontextprotocol/conformance/dist/index.js"
+export INSPECTOR_CLI="$TOOLS/node/node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js"
 "$CONFORMANCE_NODE" --version
 
 step "cargo test"
 cargo test --locked --all-targets
 
-step "interop: Python SDK client and conformance suite"
+step "interop: Python SDK client, conformance suite, MCP Inspector"
 export COREMCP_BIN="$ROOT/target/debug/coremcp"
 "$TOOLS/venv/bin/python" -m pytest tests/interop -q
