@@ -33,6 +33,9 @@ pub fn serve(config: Config) -> Result<(), String> {
     let config = Arc::new(config);
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("coremcp-stdio")
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(
+            crate::server::BLOCKING_THREADS_PER_SHARD,
+        ))
         .spawn(move || async move { run(config).await })
         .map_err(|e| format!("cannot start the executor: {e}"))?;
     handle
