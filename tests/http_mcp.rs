@@ -367,13 +367,7 @@ fn http_level_checks() {
     );
     assert_eq!(r.status, 200);
     let mut raw = s.connect();
-    raw.send_raw(
-        &post_bytes(&[], &init)
-            .iter()
-            .copied()
-            .collect::<Vec<u8>>()
-            .replacen_host(b"evil.example.com"),
-    );
+    raw.send_raw(&post_bytes(&[], &init).replacen_host(b"evil.example.com"));
     let r = raw.read_response();
     assert!((400..500).contains(&r.status), "{}", r.status);
 }
@@ -528,7 +522,7 @@ fn size_limits_answer_431_and_413() {
     let mut req = b"POST /mcp HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..3 {
         req.extend_from_slice(b"200\r\n");
-        req.extend(std::iter::repeat(b' ').take(0x200));
+        req.extend(std::iter::repeat_n(b' ', 0x200));
         req.extend_from_slice(b"\r\n");
     }
     c.send_raw(&req);

@@ -40,7 +40,7 @@ pub fn is_stateless(version: &str) -> bool {
 
 /// Every revision this server speaks, newest first (the `supported` list of -32022).
 pub fn all_versions() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = STATELESS_VERSIONS.iter().copied().collect();
+    let mut v: Vec<&'static str> = STATELESS_VERSIONS.to_vec();
     v.extend(HANDSHAKE_VERSIONS.iter().rev().copied());
     v
 }

@@ -231,6 +231,10 @@ impl Registry {
     pub fn len(&self) -> usize {
         self.tools.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
 }
 
 /// Reads an optional argument of a given JSON type, or says what is wrong with it.
