@@ -612,3 +612,37 @@ impl ReplaceHost for Vec<u8> {
         out
     }
 }
+
+#[test]
+fn garbage_on_the_wire_never_takes_the_server_down() {
+    let mut s = Server::start(&["--shards", "2"]);
+    // A deterministic xorshift stream: the same garbage on every run.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let prefixes: [&[u8]; 5] = [
+        b"",
+        b"POST /mcp HTTP/1.1\r\n",
+        b"POST /mcp HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n",
+        b"POST /mcp HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"GET /mcp HTTP/1.1\r\nhost: localhost\r\n",
+    ];
+    for round in 0..200 {
+        let mut bytes = prefixes[round % prefixes.len()].to_vec();
+        let len = (next() % 300) as usize;
+        bytes.extend((0..len).map(|_| next() as u8));
+        let mut c = s.connect();
+        c.send_raw(&bytes);
+        // Close our side; whatever the server answers (or not), it must live on.
+        let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        let _ = std::io::Read::read_to_end(&mut c.stream, &mut Vec::new());
+    }
+    assert!(s.alive());
+    let (mut c, sid) = s.session("2025-11-25");
+    let r = c.post(&[("mcp-session-id", &sid)], &json!({"jsonrpc":"2.0","id":1,"method":"ping"}));
+    assert_eq!(r.status, 200);
+}
