@@ -320,3 +320,45 @@ fn idle_connections_are_closed() {
     let mut buf = [0u8; 1];
     assert_eq!(c.stream.read(&mut buf).unwrap(), 0);
 }
+
+#[test]
+fn hanging_up_cancels_the_call() {
+    let (dir, db) = fixture("hangup");
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--root",
+        dir.to_str().unwrap(),
+        "--db",
+        &db,
+        "--timeout-ms",
+        "120000",
+    ]);
+    let body = |id: u64, sql: &str| {
+        let mut m = call(id, "query_db", json!({"sql": sql}));
+        m["params"]["_meta"] = meta();
+        serde_json::to_vec(&m).unwrap()
+    };
+    let headers = stateless_headers("tools/call", Some("query_db"));
+    // More endless queries than the shard has blocking threads, each abandoned by
+    // its client. Closing the connection is how a 2026-07-28 client cancels.
+    for id in 0..2 * coremcp::server::BLOCKING_THREADS_PER_SHARD as u64 {
+        let mut c = s.connect();
+        c.send_raw(&post_bytes(&headers, &body(id, ENDLESS)));
+        drop(c);
+    }
+    // A query that needs the blocking pool still gets a thread: the abandoned ones
+    // were stopped, not left to run for two minutes.
+    let long_but_finite = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000) SELECT count(*) AS n FROM c";
+    let mut c = s.connect();
+    c.send_raw(&post_bytes(&headers, &body(99, long_but_finite)));
+    let r = c.read_response().json();
+    assert_eq!(r["result"]["isError"], false, "{r}");
+    assert!(
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("300000"),
+        "{r}"
+    );
+}

@@ -643,6 +643,9 @@ fn garbage_on_the_wire_never_takes_the_server_down() {
     }
     assert!(s.alive());
     let (mut c, sid) = s.session("2025-11-25");
-    let r = c.post(&[("mcp-session-id", &sid)], &json!({"jsonrpc":"2.0","id":1,"method":"ping"}));
+    let r = c.post(
+        &[("mcp-session-id", &sid)],
+        &json!({"jsonrpc":"2.0","id":1,"method":"ping"}),
+    );
     assert_eq!(r.status, 200);
 }

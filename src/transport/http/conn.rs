@@ -6,8 +6,11 @@
 //! The read, write and body buffers live as long as the connection and are reused
 //! by every request on it.
 
+use std::future::Future;
 use std::io::ErrorKind;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -28,6 +31,59 @@ const WRITE_FLUSH_BYTES: usize = 256 * 1024;
 /// long, so that the client sees the response instead of a connection reset.
 const DRAIN_MAX_BYTES: usize = 1024 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Bytes of a pipelined request read while a slow call runs (see [`answer_or_hangup`]).
+const EARLY_READ: usize = 4 * 1024;
+
+enum Watched {
+    /// The answer is written; `n` bytes of the next request arrived meanwhile.
+    Answered(usize),
+    /// The client closed the connection before the answer was ready.
+    HungUp,
+}
+
+/// Drives an answer to completion while noticing if the client hangs up.
+///
+/// A client that closes the connection will never read the answer: 2026-07-28
+/// makes that the way to cancel a call, and for earlier revisions finishing work
+/// nobody can receive (coremcp has no stream resumption) only wastes the shard. So a
+/// hang-up drops the answer's future, which stops the tool. Answers that are ready
+/// at once (nearly all) never start the watch, so the fast path pays nothing for it.
+async fn answer_or_hangup<F: Future<Output = ()>>(
+    mut answer: Pin<&mut F>,
+    stream: &mut TcpStream,
+    early: &mut [u8],
+) -> Watched {
+    if futures_lite::future::poll_once(answer.as_mut())
+        .await
+        .is_some()
+    {
+        return Watched::Answered(0);
+    }
+    let arrived = {
+        let mut read = pin!(stream.read(early));
+        std::future::poll_fn(|cx| {
+            if answer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            match read.as_mut().poll(cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Some(0)),
+                Poll::Ready(Ok(n)) => Poll::Ready(Some(n)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    };
+    match arrived {
+        None => Watched::Answered(0),
+        Some(0) => Watched::HungUp,
+        Some(n) => {
+            // The next request began to arrive; the answer still comes first.
+            answer.await;
+            Watched::Answered(n)
+        }
+    }
+}
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
@@ -206,20 +262,31 @@ impl Conn {
             &self.body
         };
         let keep_alive = head.keep_alive;
-        route::respond(
-            &self.shard,
-            buf,
-            &head,
-            body,
-            keep_alive,
-            &mut self.wbuf,
-            &mut self.json,
-        )
-        .await;
+        let mut early = [0u8; EARLY_READ];
+        let watched = {
+            let answer = pin!(route::respond(
+                &self.shard,
+                buf,
+                &head,
+                body,
+                keep_alive,
+                &mut self.wbuf,
+                &mut self.json,
+            ));
+            answer_or_hangup(answer, &mut self.stream, &mut early).await
+        };
+        let early_len = match watched {
+            Watched::Answered(n) => n,
+            // The client is gone: dropping the answer's future stopped the call.
+            Watched::HungUp => return Ok(Next::Close),
+        };
         self.start += consumed;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+        }
+        if early_len > 0 {
+            self.take_early(&early[..early_len]);
         }
         if !keep_alive {
             return Ok(Next::Close);
@@ -228,6 +295,20 @@ impl Conn {
             self.flush().await?;
         }
         Ok(Next::KeepGoing)
+    }
+
+    /// Appends bytes read while a call ran (the client's next pipelined request).
+    fn take_early(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.rbuf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.rbuf.len() < self.end + bytes.len() {
+            self.rbuf.resize(self.end + bytes.len(), 0);
+        }
+        self.rbuf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
     }
 
     /// Reads more bytes, growing the buffer up to `cap` bytes of pending data.
