@@ -23,10 +23,12 @@ fi
 step "Node 22, the MCP conformance suite and the MCP Inspector (.tools/node)"
 # The machine's Node may be older; the suite needs Node 22 (fs.globSync), which
 # the npm registry ships as the `node` package.
-if ! cmp -s tests/interop/package.json "$TOOLS/node/package.json" || [ ! -x "$TOOLS/node/node_modules/.bin/node" ]; then
+# The lockfile pins the whole tree (the suite's own SDK included), so a new
+# release upstream cannot change what these tests mean.
+if ! cmp -s tests/interop/package-lock.json "$TOOLS/node/package-lock.json" || [ ! -x "$TOOLS/node/node_modules/.bin/node" ]; then
   mkdir -p "$TOOLS/node"
-  cp tests/interop/package.json "$TOOLS/node/package.json"
-  (cd "$TOOLS/node" && npm install --no-audit --no-fund --loglevel=error)
+  cp tests/interop/package.json tests/interop/package-lock.json "$TOOLS/node/"
+  (cd "$TOOLS/node" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 export CONFORMANCE_NODE="$TOOLS/node/node_modules/.bin/node"
 export CONFORMANCE_CLI="$TOOLS/node/node_modules/@modelcontextprotocol/conformance/dist/index.js"
