@@ -198,9 +198,10 @@ pub async fn handle(shard: &Shard, via: &Via<'_>, msg: &Message<'_>, out: &mut V
     }
 }
 
-/// How long a stateless client may cache `server/discover` and `tools/list`: the
-/// tool set is fixed for the life of the process.
-const LIST_TTL_MS: u64 = 3_600_000;
+/// How long a stateless client may cache `server/discover` and `tools/list`. The
+/// tool set is fixed while a process runs, but a restart may change it (tools can
+/// be disabled in the configuration), and the Python SDK does cache for this long.
+const LIST_TTL_MS: u64 = 300_000;
 
 /// Adds what every stateless-era result carries; `cacheable` for discover and lists.
 fn stateless_result(result: &mut Value, cacheable: bool) {
@@ -631,10 +632,28 @@ async fn tools_call(
         timer: glommio::timer::Timer::new(timeout),
         guard: &guard,
     };
-    let result = futures_lite::future::or(async { Some(tool.call(&cx, args).await) }, ended).await;
+    // A bug in one tool must cost one answer, not the shard: a panic unwinds to
+    // here and becomes -32603.
+    let call =
+        futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(tool.call(&cx, args)));
+    let result = futures_lite::future::or(async { Some(call.await) }, ended).await;
     drop(guard);
     let result = match result {
-        Some(r) => r,
+        Some(Ok(r)) => r,
+        Some(Err(_)) => {
+            eprintln!(
+                "coremcp: shard {}: tool {name} panicked; answered -32603",
+                shard.id
+            );
+            return reply_error(
+                out,
+                Some(id),
+                jsonrpc::INTERNAL_ERROR,
+                &format!("internal error in tool {name}; the server logged it and goes on"),
+                None,
+                200,
+            );
+        }
         None if cancel.is_cancelled() && Instant::now() < deadline => {
             ToolResult::error("cancelled by the client (notifications/cancelled)")
         }
@@ -704,9 +723,13 @@ struct Ended<'g> {
     guard: &'g InflightGuard<'g>,
 }
 
+/// What racing a call against its deadline yields: `None` when the deadline or a
+/// cancellation won, else the call's outcome (`Err` when the tool panicked).
+type Raced = Option<std::thread::Result<ToolResult>>;
+
 impl Future for Ended<'_> {
-    type Output = Option<ToolResult>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ToolResult>> {
+    type Output = Raced;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Raced> {
         if self.guard.entry.flag.is_cancelled() {
             return Poll::Ready(None);
         }
@@ -788,5 +811,71 @@ impl Inflight {
     /// Calls running now.
     pub fn running(&self) -> usize {
         self.running.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::protocol::jsonrpc::Parsed;
+    use crate::protocol::session::SessionTable;
+    use crate::storage::Storage;
+    use crate::tools::{Annotations, Registry, Tool, ToolFuture, ToolSpec};
+    use std::sync::Arc;
+
+    struct Panics(ToolSpec);
+
+    impl Tool for Panics {
+        fn spec(&self) -> &ToolSpec {
+            &self.0
+        }
+        fn call<'a>(&'a self, _: &'a CallContext<'a>, _: Map<String, Value>) -> ToolFuture<'a> {
+            Box::pin(async { panic!("a bug in a tool") })
+        }
+    }
+
+    #[test]
+    fn a_panicking_tool_costs_one_answer_not_the_shard() {
+        glommio::LocalExecutor::default().run(async {
+            let config = Arc::new(Config::default());
+            let shard = Shard {
+                id: 0,
+                config: config.clone(),
+                tools: Registry::new(vec![Box::new(Panics(ToolSpec {
+                    name: "boom",
+                    title: "Boom",
+                    description: "panics",
+                    input_schema: json!({"type": "object"}),
+                    output_schema: None,
+                    annotations: Annotations::READ_ONLY,
+                }))]),
+                storage: Storage::new(&config).unwrap(),
+                sessions: Arc::new(SessionTable::new(1, 1, config.limits.session_idle)),
+                inflight: Inflight::default(),
+                peers: None,
+            };
+            let via = Via::Stdio {
+                negotiated: Some(3),
+            };
+            let body =
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"boom"}}"#;
+            let Ok(Parsed::Single(msg)) = jsonrpc::parse(body, 64) else {
+                panic!("parses")
+            };
+            let mut out = Vec::new();
+            handle(&shard, &via, &msg, &mut out).await;
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["error"]["code"], jsonrpc::INTERNAL_ERROR);
+            assert_eq!(shard.inflight.running(), 0, "the call was unregistered");
+            // The shard goes on serving.
+            let ping = br#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+            let Ok(Parsed::Single(msg)) = jsonrpc::parse(ping, 64) else {
+                panic!("parses")
+            };
+            out.clear();
+            handle(&shard, &via, &msg, &mut out).await;
+            assert_eq!(out, br#"{"jsonrpc":"2.0","id":2,"result":{}}"#);
+        });
     }
 }
