@@ -616,7 +616,7 @@ async fn tools_call(
             )
         }
     };
-    let timeout = shard.config.timeout;
+    let timeout = shard.config.tool_timeout(name);
     let deadline = Instant::now() + timeout;
     let cancel = CancelFlag::default();
     let guard = shard

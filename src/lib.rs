@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod log;
 pub mod protocol;
 pub mod server;
 pub mod shard;

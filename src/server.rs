@@ -16,6 +16,7 @@ use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use crate::config::Config;
 use crate::protocol::session::SessionTable;
 use crate::shard::{CancelMsg, Shard, CANCEL_QUEUE};
+use crate::tools::Registry;
 use crate::transport::http;
 use glommio::channels::channel_mesh::MeshBuilder;
 
@@ -84,6 +85,15 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     if let Some(spin) = config.spin_before_park {
         builder = builder.spin_before_park(spin);
     }
+    if let Some(depth) = config.ring_depth {
+        builder = builder.ring_depth(depth);
+    }
+    if let Some(bytes) = config.io_memory {
+        builder = builder.io_memory(bytes);
+    }
+    if let Some(t) = config.preempt_timer {
+        builder = builder.preempt_timer(t);
+    }
     let pool = {
         let config = config.clone();
         builder
@@ -118,30 +128,43 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     up.sort_by_key(|u| u.shard);
     let cpus: Vec<String> = up
         .iter()
-        .map(|u| format!("{}→cpu{}", u.shard, u.cpu))
+        .map(|u| format!("{}:cpu{}", u.shard, u.cpu))
         .collect();
-    eprintln!(
-        "coremcp {} listening on http://{}/mcp with {} shard(s) [{}]; roots: {}; databases: {}",
-        env!("CARGO_PKG_VERSION"),
-        config.listen,
-        shards,
-        cpus.join(" "),
+    let roots = config
+        .roots
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let databases = if config.databases.is_empty() {
+        "none".to_string()
+    } else {
         config
-            .roots
+            .databases
             .iter()
-            .map(|r| r.display().to_string())
+            .map(|d| format!("{}={}", d.name, d.path.display()))
             .collect::<Vec<_>>()
-            .join(", "),
-        if config.databases.is_empty() {
-            "none".to_string()
-        } else {
-            config
-                .databases
-                .iter()
-                .map(|d| format!("{}={}", d.name, d.path.display()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
+            .join(",")
+    };
+    // Tests and scripts find the address in "listening on http://ADDR/mcp".
+    crate::log!(
+        Info,
+        format!(
+            "coremcp {} listening on http://{}/mcp",
+            env!("CARGO_PKG_VERSION"),
+            config.listen
+        ),
+        listen = config.listen,
+        shards = shards,
+        cpus = cpus.join(","),
+        roots = roots,
+        databases = databases,
+        timeout_ms = config.timeout.as_millis(),
+        tools = Registry::configured(&config)
+            .tools()
+            .map(|t| t.spec().name)
+            .collect::<Vec<_>>()
+            .join(","),
     );
     for r in pool.join_all() {
         match r {

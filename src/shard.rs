@@ -39,10 +39,11 @@ impl Shard {
         peers: Option<glommio::channels::channel_mesh::Senders<CancelMsg>>,
     ) -> Result<Shard, String> {
         let storage = Storage::new(&config)?;
+        let tools = Registry::configured(&config);
         Ok(Shard {
             id,
             config,
-            tools: Registry::builtin(),
+            tools,
             storage,
             sessions,
             inflight: Inflight::default(),

@@ -202,6 +202,13 @@ impl Registry {
         Registry::new(tools)
     }
 
+    /// The built-in tools the configuration enables, in the same order.
+    pub fn configured(config: &crate::config::Config) -> Registry {
+        let mut r = Registry::builtin();
+        r.tools.retain(|t| config.tool_enabled(t.spec().name));
+        r
+    }
+
     pub fn new(tools: Vec<Box<dyn Tool>>) -> Registry {
         for (i, t) in tools.iter().enumerate() {
             assert!(
