@@ -41,8 +41,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         wbuf: Vec::with_capacity(INITIAL_READ_BUFFER),
         body: Vec::new(),
         json: Vec::new(),
+        pending: 0,
     };
     let _ = conn.run().await;
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Requests whose answers never reached the socket no longer hold up a drain.
+        self.shard.busy.set(self.shard.busy.get() - self.pending);
+    }
 }
 
 struct Conn {
@@ -58,6 +66,9 @@ struct Conn {
     body: Vec<u8>,
     /// A response body being built.
     json: Vec<u8>,
+    /// Requests read (and counted in `shard.busy`) whose responses are not yet
+    /// written to the socket.
+    pending: usize,
 }
 
 enum Next {
@@ -94,6 +105,9 @@ impl Conn {
                     // Nothing more to parse: send what was gathered before waiting.
                     self.flush().await?;
                     let idle = self.start == self.end;
+                    if idle && self.shard.draining.get() {
+                        return Ok(Next::Close);
+                    }
                     let deadline = if idle {
                         Instant::now() + limits.idle_timeout
                     } else {
@@ -123,6 +137,11 @@ impl Conn {
                 }
             }
         };
+
+        // From here until its response is on the socket, the request holds up a
+        // graceful shutdown.
+        self.pending += 1;
+        self.shard.busy.set(self.shard.busy.get() + 1);
 
         // The body.
         let body_deadline = Instant::now() + limits.header_timeout.max(limits.idle_timeout);
@@ -205,7 +224,8 @@ impl Conn {
         } else {
             &self.body
         };
-        let keep_alive = head.keep_alive;
+        let keep_alive = head.keep_alive && !self.shard.draining.get();
+        let mark = self.wbuf.len();
         route::respond(
             &self.shard,
             buf,
@@ -216,12 +236,13 @@ impl Conn {
             &mut self.json,
         )
         .await;
+        count_status(&self.shard, &self.wbuf[mark..]);
         self.start += consumed;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
         }
-        if !keep_alive {
+        if !keep_alive || self.shard.draining.get() {
             return Ok(Next::Close);
         }
         if self.wbuf.len() >= WRITE_FLUSH_BYTES {
@@ -259,6 +280,8 @@ impl Conn {
         if !self.wbuf.is_empty() {
             let r = self.stream.write_all(&self.wbuf).await;
             self.wbuf.clear();
+            self.shard.busy.set(self.shard.busy.get() - self.pending);
+            self.pending = 0;
             r?;
         }
         Ok(())
@@ -267,6 +290,7 @@ impl Conn {
     /// Answers with an error status and closes: the request could not be framed, so
     /// nothing after it on this connection can be trusted.
     async fn refuse(&mut self, status: u16, why: &str) -> std::io::Result<Next> {
+        self.shard.m().status(status);
         route::write_plain_error(&mut self.wbuf, status, why, false, &[]);
         Ok(Next::Close)
     }
@@ -277,6 +301,7 @@ impl Conn {
         let max = self.shard.config.limits.max_body_bytes;
         let why = format!("request body is larger than {max} bytes (limits.max_body_bytes)");
         let _ = head;
+        self.shard.m().status(413);
         route::write_plain_error(&mut self.wbuf, 413, &why, false, &[]);
         self.flush().await?;
         let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
@@ -295,5 +320,16 @@ impl Conn {
             }
         }
         Ok(Next::Close)
+    }
+}
+
+/// Counts the status of a response just appended (`HTTP/1.1 NNN …`).
+fn count_status(shard: &Shard, response: &[u8]) {
+    if let Some(code) = response
+        .get(9..12)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse::<u16>().ok())
+    {
+        shard.m().status(code);
     }
 }

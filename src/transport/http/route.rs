@@ -67,6 +67,22 @@ pub async fn respond(
             keep_alive,
             b"allow: POST, DELETE\r\n",
         ),
+        (b"/metrics", Some(Method::Get)) => {
+            let body = shard.metrics.render();
+            write_body(out, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), keep_alive, &[])
+        }
+        (b"/readyz", Some(Method::Get)) => {
+            let (serving, shards) = (shard.metrics.serving(), shard.metrics.shards());
+            let draining = shard.metrics.draining.load(std::sync::atomic::Ordering::Acquire);
+            if serving == shards && !draining {
+                let body = format!("ready shards={serving}/{shards}\n");
+                write_body(out, 200, "text/plain; charset=utf-8", body.as_bytes(), keep_alive, &[])
+            } else {
+                let why = if draining { " draining" } else { "" };
+                let body = format!("not ready shards={serving}/{shards}{why}\n");
+                write_body(out, 503, "text/plain; charset=utf-8", body.as_bytes(), keep_alive, &[])
+            }
+        }
         (b"/healthz", Some(Method::Get)) => {
             // Names the shard, so an operator (or a test) can see where a connection landed.
             let body = format!("ok shard={}\n", shard.id);
