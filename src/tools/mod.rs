@@ -194,7 +194,9 @@ impl CallContext<'_> {
 /// Where a streaming call sends its items. Bounded: `send` waits while the queue
 /// is full, so a slow reader stalls the tool rather than growing memory.
 pub struct ItemSink {
-    tx: glommio::channels::local_channel::LocalSender<Value>,
+    tx: std::cell::RefCell<
+        Option<std::rc::Rc<glommio::channels::local_channel::LocalSender<Value>>>,
+    >,
     /// Most items the call may send; past it the tool stops and says so.
     pub max_items: usize,
 }
@@ -209,13 +211,29 @@ impl ItemSink {
         glommio::channels::local_channel::LocalReceiver<Value>,
     ) {
         let (tx, rx) = glommio::channels::local_channel::new_bounded(queue.max(1));
-        (ItemSink { tx, max_items }, rx)
+        (
+            ItemSink {
+                tx: std::cell::RefCell::new(Some(std::rc::Rc::new(tx))),
+                max_items,
+            },
+            rx,
+        )
+    }
+
+    /// Ends the stream: the receiver sees the end once it has drained the queue.
+    pub fn finish(&self) {
+        self.tx.borrow_mut().take();
     }
 
     /// Sends one item, waiting for room; false when the reader has gone (the
     /// tool should stop: nobody will read the rest).
     pub async fn send(&self, item: Value) -> bool {
-        self.tx.send(item).await.is_ok()
+        // The sender is cloned out so that no RefCell borrow is held across the await.
+        let tx = self.tx.borrow().clone();
+        match tx {
+            Some(tx) => tx.send(item).await.is_ok(),
+            None => false,
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::direct;
 use super::frame::{self, ChunkError, Chunked, Head, HeadError};
 use super::route;
 use crate::shard::Shard;
@@ -226,7 +227,7 @@ impl Conn {
         };
         let keep_alive = head.keep_alive && !self.shard.draining.get();
         let mark = self.wbuf.len();
-        route::respond(
+        let streaming = route::respond(
             &self.shard,
             buf,
             &head,
@@ -241,6 +242,20 @@ impl Conn {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+        }
+        if let Some(job) = streaming {
+            // Earlier pipelined answers go first, then the stream itself.
+            if !self.wbuf.is_empty() {
+                self.stream.write_all(&self.wbuf).await?;
+                self.wbuf.clear();
+            }
+            let reusable =
+                direct::stream_ndjson(&self.shard, &mut self.stream, job, keep_alive).await;
+            self.shard.busy.set(self.shard.busy.get() - self.pending);
+            self.pending = 0;
+            if !reusable? {
+                return Ok(Next::Close);
+            }
         }
         if !keep_alive || self.shard.draining.get() {
             return Ok(Next::Close);

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod conn;
+pub mod direct;
 pub mod frame;
 pub mod route;
 
