@@ -4,9 +4,14 @@
 //! operator can change it without a rebuild and a reader can find every bound in
 //! one place.
 
+pub mod file;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::log::Level;
 
 /// Loopback only by default: an MCP server exposes files and databases, so it must
 /// be an explicit decision to listen anywhere else. 7411 is unassigned by IANA.
@@ -43,6 +48,21 @@ pub const DEFAULT_MAX_BATCH: usize = 64;
 pub const DEFAULT_TOOLS_PAGE_SIZE: usize = 50;
 /// Bytes of one stdio line; a longer line is answered with a parse error and skipped.
 pub const DEFAULT_MAX_STDIO_LINE_BYTES: usize = 4 * 1024 * 1024;
+/// Calls in one `POST /v1/batch`.
+pub const DEFAULT_MAX_DIRECT_BATCH: usize = 256;
+/// Items a streaming call may queue ahead of the connection writing them; past it
+/// the tool waits, so a slow reader stalls the producer instead of growing memory.
+pub const DEFAULT_STREAM_QUEUE_ITEMS: usize = 256;
+/// Bytes of serialised items gathered into one chunk of a streamed response.
+pub const DEFAULT_STREAM_CHUNK_BYTES: usize = 16 * 1024;
+/// Items one streamed (NDJSON) search or query may produce: far above what an MCP
+/// answer may carry, because a streamed answer never sits in memory whole.
+pub const DEFAULT_MAX_STREAM_ITEMS: usize = 100_000_000;
+/// Shortest gap between two `notifications/progress` of one call.
+pub const DEFAULT_PROGRESS_INTERVAL_MS: u64 = 100;
+/// On SIGTERM/SIGINT, how long calls in flight may take to finish before they are
+/// cancelled and the process exits anyway.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 
 /// Every bound the transport and protocol layers enforce.
 #[derive(Clone, Debug)]
@@ -60,6 +80,11 @@ pub struct Limits {
     pub max_batch: usize,
     pub tools_page_size: usize,
     pub max_stdio_line_bytes: usize,
+    pub max_direct_batch: usize,
+    pub stream_queue_items: usize,
+    pub stream_chunk_bytes: usize,
+    pub max_stream_items: usize,
+    pub progress_interval: Duration,
 }
 
 impl Default for Limits {
@@ -78,6 +103,11 @@ impl Default for Limits {
             max_batch: DEFAULT_MAX_BATCH,
             tools_page_size: DEFAULT_TOOLS_PAGE_SIZE,
             max_stdio_line_bytes: DEFAULT_MAX_STDIO_LINE_BYTES,
+            max_direct_batch: DEFAULT_MAX_DIRECT_BATCH,
+            stream_queue_items: DEFAULT_STREAM_QUEUE_ITEMS,
+            stream_chunk_bytes: DEFAULT_STREAM_CHUNK_BYTES,
+            max_stream_items: DEFAULT_MAX_STREAM_ITEMS,
+            progress_interval: Duration::from_millis(DEFAULT_PROGRESS_INTERVAL_MS),
         }
     }
 }
@@ -128,6 +158,80 @@ pub struct Config {
     pub access: AccessPolicy,
     /// Spin this long before a shard parks in the kernel; trades CPU for latency.
     pub spin_before_park: Option<Duration>,
+    /// io_uring submission queue depth per ring; `None`: glommio's default.
+    pub ring_depth: Option<usize>,
+    /// Bytes of registered I/O buffer memory per shard; `None`: glommio's default.
+    pub io_memory: Option<usize>,
+    /// How long a task may run before glommio preempts it for another queue.
+    pub preempt_timer: Option<Duration>,
+    /// How long calls in flight may take to finish on SIGTERM/SIGINT.
+    pub shutdown_timeout: Duration,
+    /// Log level; `None` leaves the flag/environment/default choice alone.
+    pub log_level: Option<Level>,
+    pub cache: CacheConfig,
+    /// Per-tool settings by tool name; a tool not named here has the defaults.
+    pub tools: BTreeMap<String, ToolConfig>,
+}
+
+/// Sizes of the shard-local caches in [`crate::storage`]. They are per shard, and
+/// shared by the tools that read through them (the file cache by read_file,
+/// read_multiple_files and search_code; the walk cache by search_code; the
+/// statement cache and idle connections by query_db and db_schema), which is why
+/// they are configured here rather than per tool.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Bytes of file contents cached per shard (0 disables the file cache).
+    pub file_bytes: usize,
+    /// Directory walks cached per shard.
+    pub trees: usize,
+    /// Prepared statements cached per database connection.
+    pub db_statements: usize,
+    /// Idle connections kept per database per shard.
+    pub db_idle_connections: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            file_bytes: crate::storage::file_cache::DEFAULT_FILE_CACHE_BYTES,
+            trees: crate::storage::tree_cache::MAX_CACHED_TREES,
+            db_statements: crate::storage::db::STATEMENT_CACHE_CAPACITY,
+            db_idle_connections: crate::storage::db::MAX_IDLE_CONNECTIONS,
+        }
+    }
+}
+
+/// One tool's settings.
+#[derive(Clone, Debug)]
+pub struct ToolConfig {
+    /// A disabled tool is not listed and cannot be called.
+    pub enabled: bool,
+    /// This tool's deadline, instead of [`Config::timeout`].
+    pub timeout: Option<Duration>,
+}
+
+impl Default for ToolConfig {
+    fn default() -> Self {
+        ToolConfig {
+            enabled: true,
+            timeout: None,
+        }
+    }
+}
+
+impl Config {
+    /// Whether a tool is served.
+    pub fn tool_enabled(&self, name: &str) -> bool {
+        self.tools.get(name).is_none_or(|t| t.enabled)
+    }
+
+    /// The deadline of a call to `name`.
+    pub fn tool_timeout(&self, name: &str) -> Duration {
+        self.tools
+            .get(name)
+            .and_then(|t| t.timeout)
+            .unwrap_or(self.timeout)
+    }
 }
 
 impl Default for Config {
@@ -144,12 +248,41 @@ impl Default for Config {
             limits: Limits::default(),
             access: AccessPolicy::default(),
             spin_before_park: None,
+            ring_depth: None,
+            io_memory: None,
+            preempt_timer: None,
+            shutdown_timeout: Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS),
+            log_level: None,
+            cache: CacheConfig::default(),
+            tools: BTreeMap::new(),
         }
     }
 }
 
+/// The names [`set_limit`] and the config file's `[limits]` table accept.
+pub const LIMIT_NAMES: &[&str] = &[
+    "max_header_bytes",
+    "max_headers",
+    "max_body_bytes",
+    "header_timeout",
+    "idle_timeout",
+    "max_connections_per_shard",
+    "max_pipelined",
+    "max_sessions",
+    "session_idle",
+    "max_json_depth",
+    "max_batch",
+    "tools_page_size",
+    "max_stdio_line_bytes",
+    "max_direct_batch",
+    "stream_queue_items",
+    "stream_chunk_bytes",
+    "max_stream_items",
+    "progress_interval",
+];
+
 /// Sets one limit from `name=value` (the field names of [`Limits`]; durations in ms
-/// for `*_timeout`, seconds for `session_idle`).
+/// for `*_timeout` and `progress_interval`, seconds for `session_idle`).
 pub fn set_limit(limits: &mut Limits, item: &str) -> Result<(), String> {
     let (name, value) = item
         .split_once('=')
@@ -158,11 +291,16 @@ pub fn set_limit(limits: &mut Limits, item: &str) -> Result<(), String> {
         .trim()
         .parse()
         .map_err(|_| format!("--limit {item}: {value:?} is not a whole number"))?;
+    set_limit_value(limits, name.trim(), n).map_err(|why| format!("--limit {item}: {why}"))
+}
+
+/// Sets the limit `name` to `n`; the error names what is wrong.
+pub fn set_limit_value(limits: &mut Limits, name: &str, n: u64) -> Result<(), String> {
     if n == 0 {
-        return Err(format!("--limit {item}: must be greater than 0"));
+        return Err(format!("limit {name} must be greater than 0"));
     }
-    let size = n as usize;
-    match name.trim() {
+    let size = usize::try_from(n).map_err(|_| format!("limit {name}: {n} is too large"))?;
+    match name {
         "max_header_bytes" => limits.max_header_bytes = size,
         "max_headers" => limits.max_headers = size,
         "max_body_bytes" => limits.max_body_bytes = size,
@@ -176,13 +314,50 @@ pub fn set_limit(limits: &mut Limits, item: &str) -> Result<(), String> {
         "max_batch" => limits.max_batch = size,
         "tools_page_size" => limits.tools_page_size = size,
         "max_stdio_line_bytes" => limits.max_stdio_line_bytes = size,
+        "max_direct_batch" => limits.max_direct_batch = size,
+        "stream_queue_items" => limits.stream_queue_items = size,
+        "stream_chunk_bytes" => limits.stream_chunk_bytes = size,
+        "max_stream_items" => limits.max_stream_items = size,
+        "progress_interval" => limits.progress_interval = Duration::from_millis(n),
         other => {
             return Err(format!(
-                "--limit {item}: unknown limit {other:?}; known: max_header_bytes, max_headers, max_body_bytes, \
-                 header_timeout, idle_timeout, max_connections_per_shard, max_pipelined, max_sessions, \
-                 session_idle, max_json_depth, max_batch, tools_page_size, max_stdio_line_bytes"
+                "unknown limit {other:?}; known: {}",
+                LIMIT_NAMES.join(", ")
             ))
         }
     }
     Ok(())
+}
+
+/// A root as given (relative to `base`), canonicalised and checked to be a directory.
+pub fn resolve_root(base: &Path, root: &Path) -> Result<PathBuf, String> {
+    let real = base
+        .join(root)
+        .canonicalize()
+        .map_err(|e| format!("root {}: {e}", root.display()))?;
+    if !real.is_dir() {
+        return Err(format!("root {}: not a directory", root.display()));
+    }
+    Ok(real)
+}
+
+/// A database as given (relative to `base`), canonicalised and named by its stem;
+/// `taken` are the names already used.
+pub fn resolve_database(base: &Path, path: &Path, taken: &[Database]) -> Result<Database, String> {
+    let real = base
+        .join(path)
+        .canonicalize()
+        .map_err(|e| format!("database {}: {e}", path.display()))?;
+    let name = real
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| format!("database {}: the file name must be UTF-8", path.display()))?
+        .to_string();
+    if taken.iter().any(|d| d.name == name) {
+        return Err(format!(
+            "database {}: another database is already named {name:?} (names are file stems)",
+            path.display()
+        ));
+    }
+    Ok(Database { name, path: real })
 }

@@ -17,11 +17,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
+use crate::metrics::CallOutcome;
 use crate::protocol::era::{self, Era};
 use crate::protocol::jsonrpc::{self, Kind, Message};
 use crate::protocol::session::Lookup;
 use crate::shard::Shard;
-use crate::tools::{CallContext, CancelFlag, ToolResult};
+use crate::tools::{CallContext, CancelFlag, Content, ItemSink, ProgressCell, ToolResult};
 
 pub const SERVER_NAME: &str = "coremcp";
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -120,6 +121,7 @@ pub async fn handle(shard: &Shard, via: &Via<'_>, msg: &Message<'_>, out: &mut V
         Kind::Notification { method } => (None, method),
         Kind::Request { id, method } => (Some(id), method),
     };
+    shard.m().method(method);
     let params: Params = match msg.params {
         None => Params::default(),
         Some(raw) => match serde_json::from_str(raw.get()) {
@@ -593,16 +595,6 @@ async fn tools_call(
             200,
         );
     };
-    let Some(tool) = shard.tools.get(name) else {
-        return reply_error(
-            out,
-            Some(id),
-            jsonrpc::INVALID_PARAMS,
-            &format!("unknown tool: {name}; tools/list names the tools this server has"),
-            None,
-            200,
-        );
-    };
     let args = match params.arguments {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m,
@@ -617,60 +609,134 @@ async fn tools_call(
             )
         }
     };
-    let timeout = shard.config.timeout;
-    let deadline = Instant::now() + timeout;
-    let cancel = CancelFlag::default();
-    let guard = shard
-        .inflight
-        .register(namespace(session), id.get(), cancel.clone());
-    let cx = CallContext {
+    let Some((result, outcome)) = call_tool(
         shard,
-        deadline,
-        cancel: cancel.clone(),
+        name,
+        args,
+        namespace(session),
+        id.get(),
+        Hooks::default(),
+    )
+    .await
+    else {
+        return reply_error(
+            out,
+            Some(id),
+            jsonrpc::INVALID_PARAMS,
+            &format!("unknown tool: {name}; tools/list names the tools this server has"),
+            None,
+            200,
+        );
     };
-    let ended = Ended {
-        timer: glommio::timer::Timer::new(timeout),
-        guard: &guard,
-    };
-    // A bug in one tool must cost one answer, not the shard: a panic unwinds to
-    // here and becomes -32603.
-    let call =
-        futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(tool.call(&cx, args)));
-    let result = futures_lite::future::or(async { Some(call.await) }, ended).await;
-    drop(guard);
-    let result = match result {
-        Some(Ok(r)) => r,
-        Some(Err(_)) => {
-            eprintln!(
-                "coremcp: shard {}: tool {name} panicked; answered -32603",
-                shard.id
-            );
-            return reply_error(
-                out,
-                Some(id),
-                jsonrpc::INTERNAL_ERROR,
-                &format!("internal error in tool {name}; the server logged it and goes on"),
-                None,
-                200,
-            );
-        }
-        None if cancel.is_cancelled() && Instant::now() < deadline => {
-            ToolResult::error("cancelled by the client (notifications/cancelled)")
-        }
-        None => {
-            cancel.cancel();
-            ToolResult::error(format!(
-                "timed out after {} ms; narrow the request (a smaller limit, a more specific query) or raise --timeout-ms",
-                timeout.as_millis()
-            ))
-        }
-    };
+    if outcome == CallOutcome::Panicked {
+        let message = result
+            .content
+            .first()
+            .map_or("internal error", |Content::Text(t)| t.as_str());
+        return reply_error(out, Some(id), jsonrpc::INTERNAL_ERROR, message, None, 200);
+    }
     let mut value = result.to_json();
     if era == Era::Stateless {
         stateless_result(&mut value, false);
     }
     write_value(out, id, &value);
     Outcome::ok()
+}
+
+/// What a call may stream to besides its result.
+#[derive(Default, Clone, Copy)]
+pub struct Hooks<'a> {
+    /// Items as they are produced (NDJSON).
+    pub sink: Option<&'a ItemSink>,
+    /// Progress as it is made (SSE `notifications/progress`).
+    pub progress: Option<&'a ProgressCell>,
+}
+
+/// Runs one call of the tool `name` under its deadline, registered for
+/// cancellation as (`ns`, `id`), counted in the metrics. `None`: no such tool (or
+/// it is disabled). Shared by MCP `tools/call` and the direct API.
+pub async fn call_tool(
+    shard: &Shard,
+    name: &str,
+    args: Map<String, Value>,
+    ns: u64,
+    id: &str,
+    hooks: Hooks<'_>,
+) -> Option<(ToolResult, CallOutcome)> {
+    let (index, tool) = shard.tools.get_indexed(name)?;
+    let start = Instant::now();
+    let timeout = shard.config.tool_timeout(name);
+    let deadline = start + timeout;
+    let cancel = CancelFlag::default();
+    let metrics = shard.m();
+    metrics.inflight.add(1);
+    let _running = Running(metrics);
+    let guard = shard.inflight.register(ns, id, cancel.clone());
+    let cx = CallContext {
+        shard,
+        deadline,
+        cancel: cancel.clone(),
+        sink: hooks.sink,
+        progress: hooks.progress,
+    };
+    let ended = Ended {
+        timer: glommio::timer::Timer::new(timeout),
+        guard: &guard,
+    };
+    // A bug in one tool must cost one answer, not the shard: a panic unwinds to
+    // here and the caller answers -32603.
+    let call =
+        futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(tool.call(&cx, args)));
+    let result = futures_lite::future::or(async { Some(call.await) }, ended).await;
+    drop(guard);
+    let (result, outcome) = match result {
+        Some(Err(_)) => {
+            crate::log!(
+                Error,
+                "a tool panicked; answered -32603",
+                tool = name,
+                shard = shard.id
+            );
+            (
+                ToolResult::error(format!(
+                    "internal error in tool {name}; the server logged it and goes on"
+                )),
+                CallOutcome::Panicked,
+            )
+        }
+        Some(Ok(r)) if r.is_error && cancel.is_cancelled() && Instant::now() < deadline => {
+            (r, CallOutcome::Cancelled)
+        }
+        Some(Ok(r)) if r.is_error && Instant::now() >= deadline => (r, CallOutcome::Timeout),
+        Some(Ok(r)) if r.is_error => (r, CallOutcome::Error),
+        Some(Ok(r)) => (r, CallOutcome::Ok),
+        None if cancel.is_cancelled() && Instant::now() < deadline => (
+            ToolResult::error("cancelled by the client (notifications/cancelled)"),
+            CallOutcome::Cancelled,
+        ),
+        None => {
+            cancel.cancel();
+            (
+                ToolResult::error(format!(
+                    "timed out after {} ms; narrow the request (a smaller limit, a more specific query) or raise --timeout-ms",
+                    timeout.as_millis()
+                )),
+                CallOutcome::Timeout,
+            )
+        }
+    };
+    metrics.call(index, start.elapsed(), outcome);
+    metrics.caches(&shard.storage);
+    Some((result, outcome))
+}
+
+/// Keeps the in-flight gauge right even when a call's future is dropped.
+struct Running<'a>(&'a crate::metrics::ShardMetrics);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.sub(1);
+    }
 }
 
 fn write_value(out: &mut Vec<u8>, id: &RawValue, result: &Value) {
@@ -774,7 +840,7 @@ impl Drop for InflightGuard<'_> {
 }
 
 impl Inflight {
-    fn register(&self, ns: u64, id: &str, flag: CancelFlag) -> InflightGuard<'_> {
+    pub fn register(&self, ns: u64, id: &str, flag: CancelFlag) -> InflightGuard<'_> {
         let entry = Rc::new(InflightEntry {
             flag,
             waker: RefCell::new(None),
@@ -806,6 +872,18 @@ impl Inflight {
             }
             None => false,
         }
+    }
+
+    /// Cancels every call running on this shard (shutdown deadline); returns how many.
+    pub fn cancel_all(&self) -> usize {
+        let entries: Vec<Rc<InflightEntry>> = self.calls.borrow().values().cloned().collect();
+        for e in &entries {
+            e.flag.cancel();
+            if let Some(w) = e.waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+        entries.len()
     }
 
     /// Calls running now.
@@ -854,6 +932,9 @@ mod tests {
                 sessions: Arc::new(SessionTable::new(1, 1, config.limits.session_idle)),
                 inflight: Inflight::default(),
                 peers: None,
+                metrics: Arc::new(crate::metrics::Metrics::new(vec!["boom"], 1, None)),
+                draining: Default::default(),
+                busy: Default::default(),
             };
             let via = Via::Stdio {
                 negotiated: Some(3),

@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod log;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod shard;

@@ -9,13 +9,16 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use glommio::sync::{CancellationToken, ForeignCancellation};
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::protocol::session::SessionTable;
 use crate::shard::{CancelMsg, Shard, CANCEL_QUEUE};
+use crate::tools::Registry;
 use crate::transport::http;
 use glommio::channels::channel_mesh::MeshBuilder;
 
@@ -25,6 +28,8 @@ const MIN_MEMLOCK_BYTES: u64 = 512 * 1024;
 /// directory walks run there. One (glommio's default) would queue a second slow
 /// query behind the first, and pinned ones would compete with the shards' CPUs.
 pub const BLOCKING_THREADS_PER_SHARD: usize = 4;
+/// How often a draining shard checks whether its requests have been answered.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 /// How often each shard ends its idle sessions.
 const SESSION_SWEEP_MAX: Duration = Duration::from_secs(60);
 
@@ -38,6 +43,10 @@ struct Up {
 pub fn serve(mut config: Config) -> Result<(), String> {
     raise_fd_limit();
     check_memlock()?;
+    // Before any thread exists, so that every shard inherits the mask and the
+    // signals reach only the thread that waits for them.
+    glommio::signal::block(&[libc::SIGTERM, libc::SIGINT])
+        .map_err(|e| format!("cannot block SIGTERM/SIGINT: {e}"))?;
     let shards = if config.shards == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -81,6 +90,12 @@ pub fn serve(mut config: Config) -> Result<(), String> {
         shards,
         config.limits.session_idle,
     ));
+    let names = Registry::configured(&config)
+        .tools()
+        .map(|t| t.spec().name)
+        .collect();
+    let metrics = Arc::new(Metrics::new(names, shards, Some(sessions.clone())));
+    let shutdown = watch_signals(metrics.clone())?;
     let (tx, rx) = mpsc::channel::<Result<Up, String>>();
     let next_index = Arc::new(AtomicUsize::new(0));
     let mesh: MeshBuilder<CancelMsg, _> = MeshBuilder::full(shards, CANCEL_QUEUE);
@@ -89,6 +104,15 @@ pub fn serve(mut config: Config) -> Result<(), String> {
         .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS_PER_SHARD));
     if let Some(spin) = config.spin_before_park {
         builder = builder.spin_before_park(spin);
+    }
+    if let Some(depth) = config.ring_depth {
+        builder = builder.ring_depth(depth);
+    }
+    if let Some(bytes) = config.io_memory {
+        builder = builder.io_memory(bytes);
+    }
+    if let Some(t) = config.preempt_timer {
+        builder = builder.preempt_timer(t);
     }
     let pool = {
         let config = config.clone();
@@ -99,7 +123,9 @@ pub fn serve(mut config: Config) -> Result<(), String> {
                 let tx = tx.clone();
                 let index = next_index.fetch_add(1, Ordering::Relaxed);
                 let mesh = mesh.clone();
-                async move { run_shard(index, config, sessions, mesh, tx).await }
+                let metrics = metrics.clone();
+                let shutdown = shutdown.clone();
+                async move { run_shard(index, config, sessions, mesh, tx, metrics, shutdown).await }
             })
             .map_err(|e| format!("cannot start the shards: {e}"))?
     };
@@ -124,30 +150,43 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     up.sort_by_key(|u| u.shard);
     let cpus: Vec<String> = up
         .iter()
-        .map(|u| format!("{}→cpu{}", u.shard, u.cpu))
+        .map(|u| format!("{}:cpu{}", u.shard, u.cpu))
         .collect();
-    eprintln!(
-        "coremcp {} listening on http://{}/mcp with {} shard(s) [{}]; roots: {}; databases: {}",
-        env!("CARGO_PKG_VERSION"),
-        config.listen,
-        shards,
-        cpus.join(" "),
+    let roots = config
+        .roots
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let databases = if config.databases.is_empty() {
+        "none".to_string()
+    } else {
         config
-            .roots
+            .databases
             .iter()
-            .map(|r| r.display().to_string())
+            .map(|d| format!("{}={}", d.name, d.path.display()))
             .collect::<Vec<_>>()
-            .join(", "),
-        if config.databases.is_empty() {
-            "none".to_string()
-        } else {
-            config
-                .databases
-                .iter()
-                .map(|d| format!("{}={}", d.name, d.path.display()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
+            .join(",")
+    };
+    // Tests and scripts find the address in "listening on http://ADDR/mcp".
+    crate::log!(
+        Info,
+        format!(
+            "coremcp {} listening on http://{}/mcp",
+            env!("CARGO_PKG_VERSION"),
+            config.listen
+        ),
+        listen = config.listen,
+        shards = shards,
+        cpus = cpus.join(","),
+        roots = roots,
+        databases = databases,
+        timeout_ms = config.timeout.as_millis(),
+        tools = Registry::configured(&config)
+            .tools()
+            .map(|t| t.spec().name)
+            .collect::<Vec<_>>()
+            .join(","),
     );
     for r in pool.join_all() {
         match r {
@@ -165,6 +204,8 @@ async fn run_shard(
     sessions: Arc<SessionTable>,
     mesh: MeshBuilder<CancelMsg, glommio::channels::channel_mesh::Full>,
     tx: mpsc::Sender<Result<Up, String>>,
+    metrics: Arc<Metrics>,
+    shutdown: ForeignCancellation,
 ) -> Result<(), String> {
     let fail = |why: String| {
         let _ = tx.send(Err(why.clone()));
@@ -183,7 +224,7 @@ async fn run_shard(
         Ok(pair) => pair,
         Err(e) => return fail(format!("shard {index}: cannot join the other shards: {e}")),
     };
-    let shard = match Shard::new(index, config.clone(), sessions, Some(peers)) {
+    let shard = match Shard::new(index, config.clone(), sessions, Some(peers), metrics) {
         Ok(s) => Rc::new(s),
         Err(e) => return fail(format!("shard {index}: {e}")),
     };
@@ -198,6 +239,8 @@ async fn run_shard(
     }
     // SAFETY: sched_getcpu has no preconditions.
     let cpu = unsafe { libc::sched_getcpu() };
+    // Bound and listening: connections queue in the backlog from here on.
+    shard.m().serving.store(true, Ordering::Release);
     let _ = tx.send(Ok(Up { shard: index, cpu }));
     drop(tx);
 
@@ -210,8 +253,90 @@ async fn run_shard(
         }
     })
     .detach();
-    http::accept_loop(shard, listener).await;
+    let stop = shutdown.attach();
+    http::accept_loop(shard.clone(), listener, &stop).await;
+    drain(&shard).await;
     Ok(())
+}
+
+/// After the listener is closed: wait for the requests this shard has read to be
+/// answered, up to the shutdown deadline, then cancel what is left.
+async fn drain(shard: &Shard) {
+    shard.m().serving.store(false, Ordering::Release);
+    shard.draining.set(true);
+    let deadline = Instant::now() + shard.config.shutdown_timeout;
+    while shard.busy.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(DRAIN_POLL).await;
+    }
+    let left = shard.busy.get();
+    if left > 0 {
+        let cancelled = shard.inflight.cancel_all();
+        crate::log!(
+            Warn,
+            "shutdown deadline passed; cancelling the calls still running",
+            shard = shard.id,
+            requests = left,
+            calls = cancelled,
+            shutdown_timeout_ms = shard.config.shutdown_timeout.as_millis(),
+        );
+        // Let the cancelled calls write their answers.
+        let grace = Instant::now() + DRAIN_POLL * 20;
+        while shard.busy.get() > 0 && Instant::now() < grace {
+            glommio::timer::sleep(DRAIN_POLL).await;
+        }
+    }
+    crate::log!(Debug, "shard drained", shard = shard.id);
+}
+
+/// Waits for SIGTERM/SIGINT on a thread of its own; the returned handle is
+/// cancelled when one arrives. A second signal exits at once.
+fn watch_signals(metrics: Arc<Metrics>) -> Result<ForeignCancellation, String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("coremcp-signals".into())
+        .spawn(move || {
+            let token = CancellationToken::new();
+            let _ = tx.send(token.foreign_child());
+            let sig = wait_for_signal();
+            crate::log!(
+                Info,
+                "draining: no new connections; calls in flight may finish",
+                signal = signal_name(sig),
+            );
+            metrics.draining.store(true, Ordering::Release);
+            token.cancel();
+            let sig = wait_for_signal();
+            crate::log!(
+                Warn,
+                "second signal: exiting now",
+                signal = signal_name(sig)
+            );
+            std::process::exit(1);
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    rx.recv()
+        .map_err(|_| "the signal thread failed to start".to_string())
+}
+
+fn wait_for_signal() -> i32 {
+    // SAFETY: the set is initialised by sigemptyset before use; sigwait writes sig.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let mut sig = 0;
+        while libc::sigwait(&set, &mut sig) != 0 {}
+        sig
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        _ => "other",
+    }
 }
 
 /// Binds (without listening) a SO_REUSEPORT socket to resolve port 0 and hold the

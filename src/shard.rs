@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::dispatch::Inflight;
+use crate::metrics::{Metrics, ShardMetrics};
 use crate::protocol::session::SessionTable;
 use crate::storage::Storage;
 use crate::tools::Registry;
@@ -29,6 +30,13 @@ pub struct Shard {
     /// Channels to the other shards, for a `notifications/cancelled` that arrives
     /// on a shard other than the one running the call. Used only on that path.
     pub peers: Option<glommio::channels::channel_mesh::Senders<CancelMsg>>,
+    /// The process's metrics; this shard writes only its own block.
+    pub metrics: Arc<Metrics>,
+    /// Shutting down: finish what is in flight, take nothing new.
+    pub draining: std::cell::Cell<bool>,
+    /// Requests read whose responses are not yet written to their sockets; the
+    /// shard exits on shutdown once this is 0 (or the deadline passes).
+    pub busy: std::cell::Cell<usize>,
 }
 
 impl Shard {
@@ -37,17 +45,28 @@ impl Shard {
         config: Arc<Config>,
         sessions: Arc<SessionTable>,
         peers: Option<glommio::channels::channel_mesh::Senders<CancelMsg>>,
+        metrics: Arc<Metrics>,
     ) -> Result<Shard, String> {
         let storage = Storage::new(&config)?;
+        let tools = Registry::configured(&config);
         Ok(Shard {
             id,
             config,
-            tools: Registry::builtin(),
+            tools,
             storage,
             sessions,
             inflight: Inflight::default(),
             peers,
+            metrics,
+            draining: std::cell::Cell::new(false),
+            busy: std::cell::Cell::new(0),
         })
+    }
+
+    /// This shard's metrics block (written only here).
+    #[inline]
+    pub fn m(&self) -> &ShardMetrics {
+        self.metrics.shard(self.id)
     }
 
     /// Cancels a call here, or asks the other shards to.

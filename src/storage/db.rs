@@ -40,9 +40,10 @@ use crate::config::Database;
 pub const INLINE_QUERY_BUDGET: Duration = Duration::from_millis(2);
 /// VM instructions between progress-handler checks (~tens of µs each).
 pub const PROGRESS_OPS: i32 = 1000;
-/// Prepared statements cached per connection.
+/// Prepared statements cached per connection by default (`cache.db_statements`).
 pub const STATEMENT_CACHE_CAPACITY: usize = 64;
-/// Idle connections kept per database per shard.
+/// Idle connections kept per database per shard by default
+/// (`cache.db_idle_connections`).
 pub const MAX_IDLE_CONNECTIONS: usize = 4;
 /// Longest a query on the pool waits for a writer's lock to clear.
 pub const MAX_BUSY_WAIT: Duration = Duration::from_secs(5);
@@ -155,11 +156,14 @@ pub struct Db {
     pub name: String,
     path: PathBuf,
     idle: RefCell<Vec<Conn>>,
+    max_idle: usize,
+    statements: usize,
 }
 
 impl Db {
     fn open(&self) -> Result<Conn, String> {
-        open(&self.path).map_err(|e| format!("cannot open database `{}`: {e}", self.name))
+        open(&self.path, self.statements)
+            .map_err(|e| format!("cannot open database `{}`: {e}", self.name))
     }
 
     fn take(&self) -> Result<Conn, DbError> {
@@ -172,7 +176,7 @@ impl Db {
 
     fn put(&self, c: Conn) {
         let mut idle = self.idle.borrow_mut();
-        if idle.len() < MAX_IDLE_CONNECTIONS {
+        if idle.len() < self.max_idle {
             idle.push(c);
         }
     }
@@ -263,14 +267,14 @@ fn watched<T>(
 }
 
 /// Opens a connection that cannot write, with its authorizer installed.
-pub fn open(path: &std::path::Path) -> rusqlite::Result<Conn> {
+pub fn open(path: &std::path::Path, statements: usize) -> rusqlite::Result<Conn> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     let mut conn = Connection::open_with_flags(path, flags)?;
     conn.execute_batch("PRAGMA query_only = 1; PRAGMA trusted_schema = 0;")?;
     conn.busy_timeout(Duration::ZERO)?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    conn.set_prepared_statement_cache_capacity(statements);
     let denied = Arc::new(Mutex::new(None));
     let note = denied.clone();
     conn.authorizer(Some(move |ctx: AuthContext<'_>| match authorize(&ctx) {
@@ -347,13 +351,18 @@ pub struct Databases {
 impl Databases {
     /// Opens one connection to each database now, so that a missing or unreadable
     /// file stops start-up rather than the first query.
-    pub fn new(config: &[Database]) -> Result<Databases, String> {
+    pub fn new(
+        config: &[Database],
+        cache: &crate::config::CacheConfig,
+    ) -> Result<Databases, String> {
         let mut dbs = Vec::with_capacity(config.len());
         for d in config {
             let db = Db {
                 name: d.name.clone(),
                 path: d.path.clone(),
                 idle: RefCell::new(Vec::new()),
+                max_idle: cache.db_idle_connections,
+                statements: cache.db_statements,
             };
             let first = db.open()?;
             db.idle.borrow_mut().push(first);

@@ -141,11 +141,13 @@ impl FileError {
     }
 }
 
-/// Hit and miss counts, for tests and stats.
+/// Hit, miss and eviction counts, for tests and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
+    /// Entries dropped to make room (not those dropped because the file changed).
+    pub evictions: u64,
 }
 
 struct Entry {
@@ -277,6 +279,7 @@ impl FileCache {
         self.remove(path);
         let mut inner = self.inner.borrow_mut();
         let size = file.bytes.len();
+        let mut evicted = 0;
         while inner.bytes + size > self.capacity {
             let Some((_, victim)) = inner.order.pop_first() else {
                 break;
@@ -286,12 +289,17 @@ impl FileCache {
                 .remove(&victim)
                 .expect("every ordered path is mapped");
             inner.bytes -= old.file.bytes.len();
+            evicted += 1;
         }
         inner.tick += 1;
         let tick = inner.tick;
         inner.order.insert(tick, path.to_path_buf());
         inner.map.insert(path.to_path_buf(), Entry { file, tick });
         inner.bytes += size;
+        drop(inner);
+        if evicted > 0 {
+            self.bump(|s| s.evictions += evicted);
+        }
     }
 }
 
@@ -352,7 +360,14 @@ mod tests {
         run(async {
             assert_eq!(&*cache.read(&p).await.unwrap().bytes, b"one");
             assert_eq!(&*cache.read(&p).await.unwrap().bytes, b"one");
-            assert_eq!(cache.stats(), CacheStats { hits: 1, misses: 1 });
+            assert_eq!(
+                cache.stats(),
+                CacheStats {
+                    hits: 1,
+                    misses: 1,
+                    evictions: 0
+                }
+            );
             std::fs::write(&p, "two!").unwrap();
             assert_eq!(&*cache.read(&p).await.unwrap().bytes, b"two!");
             std::fs::remove_file(&p).unwrap();
@@ -393,7 +408,14 @@ mod tests {
             cache.read(&p).await.unwrap();
         });
         // The ctime is "now", inside the racy window, whatever the mtime says.
-        assert_eq!(cache.stats(), CacheStats { hits: 0, misses: 2 });
+        assert_eq!(
+            cache.stats(),
+            CacheStats {
+                hits: 0,
+                misses: 2,
+                evictions: 0
+            }
+        );
         assert_eq!(cache.bytes(), 0);
     }
 

@@ -12,7 +12,7 @@ pub mod tree_cache;
 use crate::config::Config;
 
 use db::Databases;
-use file_cache::{FileCache, DEFAULT_FILE_CACHE_BYTES};
+use file_cache::FileCache;
 use roots::Roots;
 use tree_cache::TreeCache;
 
@@ -27,9 +27,9 @@ impl Storage {
     pub fn new(config: &Config) -> Result<Storage, String> {
         Ok(Storage {
             roots: Roots::new(config.roots.clone()),
-            files: FileCache::new(DEFAULT_FILE_CACHE_BYTES),
-            dbs: Databases::new(&config.databases)?,
-            trees: TreeCache::default(),
+            files: FileCache::new(config.cache.file_bytes),
+            dbs: Databases::new(&config.databases, &config.cache)?,
+            trees: TreeCache::new(config.cache.trees),
         })
     }
 }

@@ -32,7 +32,8 @@ use super::file_cache::{coarse_now_ns, Fingerprint, RACY_WINDOW};
 
 /// Files one walk lists; a larger tree is searched in part and the answer says so.
 pub const MAX_WALK_FILES: usize = 200_000;
-/// Walks cached per shard; the least recently used goes first.
+/// Walks cached per shard by default (`cache.trees`); the least recently used goes
+/// first.
 pub const MAX_CACHED_TREES: usize = 16;
 /// Trees with at most this many recorded paths are revalidated on the shard.
 pub const INLINE_VALIDATE_PATHS: usize = 256;
@@ -123,6 +124,7 @@ impl Tree {
 pub struct TreeStats {
     pub reused: u64,
     pub walked: u64,
+    pub evictions: u64,
 }
 
 /// The cache: walked directory → its latest walk.
@@ -132,20 +134,36 @@ pub struct TreeCache {
     stats: Cell<TreeStats>,
     /// The coarse wall clock; a field so tests can move it.
     now_ns: fn() -> i128,
+    capacity: usize,
 }
 
 impl Default for TreeCache {
     fn default() -> Self {
+        TreeCache::new(MAX_CACHED_TREES)
+    }
+}
+
+impl TreeCache {
+    /// A cache of at most `capacity` walks (at least one).
+    pub fn new(capacity: usize) -> TreeCache {
         TreeCache {
             trees: RefCell::default(),
             tick: Cell::new(0),
             stats: Cell::default(),
             now_ns: coarse_now_ns,
+            capacity: capacity.max(1),
         }
     }
-}
 
-impl TreeCache {
+    /// Walks cached now.
+    pub fn len(&self) -> usize {
+        self.trees.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn stats(&self) -> TreeStats {
         self.stats.get()
     }
@@ -192,13 +210,16 @@ impl TreeCache {
         self.tick.set(tick);
         let mut trees = self.trees.borrow_mut();
         trees.insert(dir.to_path_buf(), (tree, tick));
-        if trees.len() > MAX_CACHED_TREES {
+        if trees.len() > self.capacity {
             let oldest = trees
                 .iter()
                 .min_by_key(|(_, (_, t))| *t)
                 .map(|(p, _)| p.clone());
             if let Some(p) = oldest {
                 trees.remove(&p);
+                let mut s = self.stats.get();
+                s.evictions += 1;
+                self.stats.set(s);
             }
         }
     }
@@ -242,7 +263,8 @@ mod tests {
                 cache.stats(),
                 TreeStats {
                     reused: 1,
-                    walked: 1
+                    walked: 1,
+                    evictions: 0
                 }
             );
 
@@ -288,7 +310,8 @@ mod tests {
             cache.stats(),
             TreeStats {
                 reused: 0,
-                walked: 2
+                walked: 2,
+                evictions: 0
             }
         );
     }

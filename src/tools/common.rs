@@ -164,7 +164,8 @@ pub mod testing {
             ..Config::default()
         };
         let sessions = Arc::new(SessionTable::new(16, 1, Duration::from_secs(60)));
-        Shard::new(0, Arc::new(config), sessions, None).unwrap()
+        let metrics = Arc::new(crate::metrics::Metrics::new(Vec::new(), 1, None));
+        Shard::new(0, Arc::new(config), sessions, None, metrics).unwrap()
     }
 
     pub fn run<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -194,6 +195,8 @@ pub mod testing {
             shard,
             deadline,
             cancel,
+            sink: None,
+            progress: None,
         };
         let Value::Object(args) = args else {
             panic!("args are an object")

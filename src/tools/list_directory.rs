@@ -110,6 +110,49 @@ fn list(cx: &CallContext<'_>, args: &Map<String, Value>) -> Result<ToolResult, T
     ))
 }
 
+/// Streamed (direct API, NDJSON): entries leave in directory order as they are
+/// read, uncapped up to the sink's limit, so no listing is held whole.
+async fn stream(
+    cx: &CallContext<'_>,
+    sink: &crate::tools::ItemSink,
+    args: &Map<String, Value>,
+) -> Result<ToolResult, ToolResult> {
+    no_unknown_args(args, &["path"])?;
+    let dir = resolve(cx, req_str(args, "path")?)?;
+    let display = dir.display;
+    let read = fs::read_dir(&dir.real)
+        .map_err(|e| ToolResult::error(format!("cannot list `{display}`: {e}")))?;
+    let mut sent = 0usize;
+    let mut truncated = false;
+    for entry in read.filter_map(|e| e.ok()) {
+        if sent == sink.max_items {
+            truncated = true;
+            break;
+        }
+        let meta = entry.metadata();
+        let mut item = json!({"name": entry.file_name().to_string_lossy(), "kind": "other"});
+        match &meta {
+            Ok(m) if m.file_type().is_symlink() => item["kind"] = "symlink".into(),
+            Ok(m) if m.is_dir() => item["kind"] = "dir".into(),
+            Ok(m) if m.is_file() => {
+                item["kind"] = "file".into();
+                item["size"] = m.len().into();
+            }
+            _ => {}
+        }
+        if !sink.send(item).await {
+            return Err(ToolResult::error(
+                "the reader went away; the listing stopped",
+            ));
+        }
+        sent += 1;
+    }
+    Ok(ToolResult::structured(
+        json!({"path": display, "entries_streamed": sent, "truncated": truncated}),
+        format!("{sent} entries streamed"),
+    ))
+}
+
 impl Default for ListDirectory {
     fn default() -> Self {
         Self::new()
@@ -122,7 +165,12 @@ impl Tool for ListDirectory {
     }
 
     fn call<'a>(&'a self, cx: &'a CallContext<'a>, args: Map<String, Value>) -> ToolFuture<'a> {
-        Box::pin(async move { list(cx, &args).unwrap_or_else(|e| e) })
+        Box::pin(async move {
+            match cx.sink {
+                Some(sink) => stream(cx, sink, &args).await.unwrap_or_else(|e| e),
+                None => list(cx, &args).unwrap_or_else(|e| e),
+            }
+        })
     }
 }
 

@@ -174,6 +174,82 @@ pub struct CallContext<'a> {
     pub shard: &'a Shard,
     pub deadline: Instant,
     pub cancel: CancelFlag,
+    /// Set when the caller streams items (direct API, NDJSON): a tool that can
+    /// sends each item here as it finds it instead of gathering them.
+    pub sink: Option<&'a ItemSink>,
+    /// Set when the caller wants progress (MCP `_meta.progressToken`).
+    pub progress: Option<&'a ProgressCell>,
+}
+
+impl CallContext<'_> {
+    /// Reports progress: `done` of `total` (when known). Cheap: a cell write; the
+    /// transport decides when to send it.
+    pub fn report_progress(&self, done: u64, total: Option<u64>) {
+        if let Some(p) = self.progress {
+            p.set(done, total);
+        }
+    }
+}
+
+/// Where a streaming call sends its items. Bounded: `send` waits while the queue
+/// is full, so a slow reader stalls the tool rather than growing memory.
+pub struct ItemSink {
+    tx: std::cell::RefCell<
+        Option<std::rc::Rc<glommio::channels::local_channel::LocalSender<Value>>>,
+    >,
+    /// Most items the call may send; past it the tool stops and says so.
+    pub max_items: usize,
+}
+
+impl ItemSink {
+    /// A sink and the receiver the transport drains, holding at most `queue` items.
+    pub fn new(
+        queue: usize,
+        max_items: usize,
+    ) -> (
+        ItemSink,
+        glommio::channels::local_channel::LocalReceiver<Value>,
+    ) {
+        let (tx, rx) = glommio::channels::local_channel::new_bounded(queue.max(1));
+        (
+            ItemSink {
+                tx: std::cell::RefCell::new(Some(std::rc::Rc::new(tx))),
+                max_items,
+            },
+            rx,
+        )
+    }
+
+    /// Ends the stream: the receiver sees the end once it has drained the queue.
+    pub fn finish(&self) {
+        self.tx.borrow_mut().take();
+    }
+
+    /// Sends one item, waiting for room; false when the reader has gone (the
+    /// tool should stop: nobody will read the rest).
+    pub async fn send(&self, item: Value) -> bool {
+        // The sender is cloned out so that no RefCell borrow is held across the await.
+        let tx = self.tx.borrow().clone();
+        match tx {
+            Some(tx) => tx.send(item).await.is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// The latest progress of one call: written by the tool, read by the transport.
+#[derive(Default)]
+pub struct ProgressCell {
+    state: std::cell::Cell<(u64, Option<u64>)>,
+}
+
+impl ProgressCell {
+    pub fn set(&self, done: u64, total: Option<u64>) {
+        self.state.set((done, total));
+    }
+    pub fn get(&self) -> (u64, Option<u64>) {
+        self.state.get()
+    }
 }
 
 /// A built-in tool.
@@ -202,6 +278,13 @@ impl Registry {
         Registry::new(tools)
     }
 
+    /// The built-in tools the configuration enables, in the same order.
+    pub fn configured(config: &crate::config::Config) -> Registry {
+        let mut r = Registry::builtin();
+        r.tools.retain(|t| config.tool_enabled(t.spec().name));
+        r
+    }
+
     pub fn new(tools: Vec<Box<dyn Tool>>) -> Registry {
         for (i, t) in tools.iter().enumerate() {
             assert!(
@@ -215,6 +298,14 @@ impl Registry {
             );
         }
         Registry { tools }
+    }
+
+    /// A tool and its position in the registry (its metrics index).
+    pub fn get_indexed(&self, name: &str) -> Option<(usize, &dyn Tool)> {
+        self.tools
+            .iter()
+            .position(|t| t.spec().name == name)
+            .map(|i| (i, self.tools[i].as_ref()))
     }
 
     pub fn get(&self, name: &str) -> Option<&dyn Tool> {

@@ -151,7 +151,9 @@ struct Args {
     context: usize,
 }
 
-fn parse(args: &Map<String, Value>) -> Result<Args, ToolResult> {
+/// `stream_cap`: the most items a streamed call may produce, which replaces
+/// [`MAX_RESULTS_LIMIT`] (and is the default) when the caller streams.
+fn parse(args: &Map<String, Value>, stream_cap: Option<usize>) -> Result<Args, ToolResult> {
     no_unknown_args(
         args,
         &[
@@ -176,8 +178,11 @@ fn parse(args: &Map<String, Value>) -> Result<Args, ToolResult> {
         regex: opt_bool(args, "regex")?.unwrap_or(false),
         case_sensitive: opt_bool(args, "case_sensitive")?.unwrap_or(true),
         glob: opt_str(args, "glob")?.map(str::to_string),
-        max_results: opt_int(args, "max_results", 1, MAX_RESULTS_LIMIT)?
-            .unwrap_or(DEFAULT_MAX_RESULTS) as usize,
+        max_results: match stream_cap {
+            None => opt_int(args, "max_results", 1, MAX_RESULTS_LIMIT)?
+                .unwrap_or(DEFAULT_MAX_RESULTS) as usize,
+            Some(cap) => opt_int(args, "max_results", 1, cap as u64)?.map_or(cap, |n| n as usize),
+        },
         context: opt_int(args, "context", 0, MAX_CONTEXT)?.unwrap_or(0) as usize,
     })
 }
@@ -227,6 +232,8 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
     };
 
     let mut matches = Vec::new();
+    let mut found = 0usize;
+    let mut done = 0usize;
     let mut text = String::new();
     let mut truncated = false;
     let (mut searched, mut binary, mut unreadable) = (0usize, 0usize, 0usize);
@@ -243,6 +250,8 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
             })
             .collect();
         let contents = join_all(reads).await;
+        done += batch.len();
+        cx.report_progress(done as u64, Some(files.len() as u64));
         for (path, content) in batch.iter().zip(contents) {
             let Ok(file) = content else {
                 unreadable += 1;
@@ -253,13 +262,26 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
                 continue;
             }
             searched += 1;
-            let left = a.max_results - matches.len();
+            let left = a.max_results - found;
             let hits = search_file(&matcher, &file.bytes, a.context, left + 1);
             let display = storage.roots.display(path);
             for hit in hits {
-                if matches.len() == a.max_results {
+                if found == a.max_results {
                     truncated = true;
                     break 'batches;
+                }
+                found += 1;
+                if let Some(sink) = cx.sink {
+                    // Streamed: each match leaves as it is found, nothing gathers.
+                    let mut m = json!({"path": display, "line": hit.line, "text": hit.text});
+                    if a.context > 0 {
+                        m["before"] = json!(hit.before);
+                        m["after"] = json!(hit.after);
+                    }
+                    if !sink.send(m).await {
+                        return ToolResult::error("the reader went away; the search stopped");
+                    }
+                    continue;
                 }
                 for (i, b) in hit.before.iter().enumerate() {
                     text.push_str(&format!(
@@ -279,6 +301,18 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
                 matches.push(m);
             }
         }
+    }
+    if cx.sink.is_some() {
+        return ToolResult::structured(
+            json!({
+                "matches_streamed": found,
+                "truncated": truncated || walk_truncated,
+                "files_searched": searched,
+                "binary_files_skipped": binary,
+                "unreadable_files": unreadable,
+            }),
+            format!("{found} match(es) streamed from {searched} file(s)"),
+        );
     }
     if matches.is_empty() {
         text.push_str(&format!(
@@ -377,7 +411,7 @@ impl Tool for SearchCode {
 
     fn call<'a>(&'a self, cx: &'a CallContext<'a>, args: Map<String, Value>) -> ToolFuture<'a> {
         Box::pin(async move {
-            match parse(&args) {
+            match parse(&args, cx.sink.map(|s| s.max_items)) {
                 Ok(a) => search(cx, a).await,
                 Err(e) => e,
             }

@@ -45,13 +45,33 @@ pub fn serve(config: Config) -> Result<(), String> {
 
 async fn run(config: Arc<Config>) -> Result<(), String> {
     let sessions = Arc::new(SessionTable::new(1, 1, config.limits.session_idle));
-    let shard = Rc::new(Shard::new(0, config.clone(), sessions, None)?);
+    let names = crate::tools::Registry::configured(&config)
+        .tools()
+        .map(|t| t.spec().name)
+        .collect();
+    let metrics = Arc::new(crate::metrics::Metrics::new(names, 1, None));
+    let shard = Rc::new(Shard::new(0, config.clone(), sessions, None, metrics)?);
     let negotiated: Rc<Cell<Option<u8>>> = Rc::new(Cell::new(None));
     let out = Rc::new(RefCell::new(std::io::stdout()));
     let slots = Rc::new(glommio::sync::Semaphore::new(MAX_STDIO_INFLIGHT as u64));
     let max_line = config.limits.max_stdio_line_bytes;
     let mut reader = Some(std::io::BufReader::new(std::io::stdin()));
-    eprintln!("coremcp {} serving MCP on stdio", env!("CARGO_PKG_VERSION"));
+    crate::log!(
+        Info,
+        format!("coremcp {} serving MCP on stdio", env!("CARGO_PKG_VERSION")),
+        roots = config
+            .roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        databases = config
+            .databases
+            .iter()
+            .map(|d| format!("{}={}", d.name, d.path.display()))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
 
     loop {
         let r = reader

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::direct;
 use super::frame::{self, ChunkError, Chunked, Head, HeadError};
 use super::route;
 use crate::shard::Shard;
@@ -35,9 +36,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 /// Bytes of a pipelined request read while a slow call runs (see [`answer_or_hangup`]).
 const EARLY_READ: usize = 4 * 1024;
 
-enum Watched {
+enum Watched<T> {
     /// The answer is written; `n` bytes of the next request arrived meanwhile.
-    Answered(usize),
+    Answered(T, usize),
     /// The client closed the connection before the answer was ready.
     HungUp,
 }
@@ -49,38 +50,34 @@ enum Watched {
 /// nobody can receive (coremcp has no stream resumption) only wastes the shard. So a
 /// hang-up drops the answer's future, which stops the tool. Answers that are ready
 /// at once (nearly all) never start the watch, so the fast path pays nothing for it.
-async fn answer_or_hangup<F: Future<Output = ()>>(
+async fn answer_or_hangup<T, F: Future<Output = T>>(
     mut answer: Pin<&mut F>,
     stream: &mut TcpStream,
     early: &mut [u8],
-) -> Watched {
-    if futures_lite::future::poll_once(answer.as_mut())
-        .await
-        .is_some()
-    {
-        return Watched::Answered(0);
+) -> Watched<T> {
+    if let Some(done) = futures_lite::future::poll_once(answer.as_mut()).await {
+        return Watched::Answered(done, 0);
     }
     let arrived = {
         let mut read = pin!(stream.read(early));
         std::future::poll_fn(|cx| {
-            if answer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
+            if let Poll::Ready(done) = answer.as_mut().poll(cx) {
+                return Poll::Ready(Ok(done));
             }
             match read.as_mut().poll(cx) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Some(0)),
-                Poll::Ready(Ok(n)) => Poll::Ready(Some(n)),
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Err(0)),
+                Poll::Ready(Ok(n)) => Poll::Ready(Err(n)),
                 Poll::Pending => Poll::Pending,
             }
         })
         .await
     };
     match arrived {
-        None => Watched::Answered(0),
-        Some(0) => Watched::HungUp,
-        Some(n) => {
+        Ok(done) => Watched::Answered(done, 0),
+        Err(0) => Watched::HungUp,
+        Err(n) => {
             // The next request began to arrive; the answer still comes first.
-            answer.await;
-            Watched::Answered(n)
+            Watched::Answered(answer.await, n)
         }
     }
 }
@@ -97,8 +94,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         wbuf: Vec::with_capacity(INITIAL_READ_BUFFER),
         body: Vec::new(),
         json: Vec::new(),
+        pending: 0,
     };
     let _ = conn.run().await;
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Requests whose answers never reached the socket no longer hold up a drain.
+        self.shard.busy.set(self.shard.busy.get() - self.pending);
+    }
 }
 
 struct Conn {
@@ -114,6 +119,9 @@ struct Conn {
     body: Vec<u8>,
     /// A response body being built.
     json: Vec<u8>,
+    /// Requests read (and counted in `shard.busy`) whose responses are not yet
+    /// written to the socket.
+    pending: usize,
 }
 
 enum Next {
@@ -150,6 +158,9 @@ impl Conn {
                     // Nothing more to parse: send what was gathered before waiting.
                     self.flush().await?;
                     let idle = self.start == self.end;
+                    if idle && self.shard.draining.get() {
+                        return Ok(Next::Close);
+                    }
                     let deadline = if idle {
                         Instant::now() + limits.idle_timeout
                     } else {
@@ -179,6 +190,11 @@ impl Conn {
                 }
             }
         };
+
+        // From here until its response is on the socket, the request holds up a
+        // graceful shutdown.
+        self.pending += 1;
+        self.shard.busy.set(self.shard.busy.get() + 1);
 
         // The body.
         let body_deadline = Instant::now() + limits.header_timeout.max(limits.idle_timeout);
@@ -261,7 +277,8 @@ impl Conn {
         } else {
             &self.body
         };
-        let keep_alive = head.keep_alive;
+        let keep_alive = head.keep_alive && !self.shard.draining.get();
+        let mark = self.wbuf.len();
         let mut early = [0u8; EARLY_READ];
         let watched = {
             let answer = pin!(route::respond(
@@ -275,11 +292,12 @@ impl Conn {
             ));
             answer_or_hangup(answer, &mut self.stream, &mut early).await
         };
-        let early_len = match watched {
-            Watched::Answered(n) => n,
+        let (streaming, early_len) = match watched {
+            Watched::Answered(streaming, n) => (streaming, n),
             // The client is gone: dropping the answer's future stopped the call.
             Watched::HungUp => return Ok(Next::Close),
         };
+        count_status(&self.shard, &self.wbuf[mark..]);
         self.start += consumed;
         if self.start == self.end {
             self.start = 0;
@@ -288,7 +306,21 @@ impl Conn {
         if early_len > 0 {
             self.take_early(&early[..early_len]);
         }
-        if !keep_alive {
+        if let Some(job) = streaming {
+            // Earlier pipelined answers go first, then the stream itself.
+            if !self.wbuf.is_empty() {
+                self.stream.write_all(&self.wbuf).await?;
+                self.wbuf.clear();
+            }
+            let reusable =
+                direct::stream_ndjson(&self.shard, &mut self.stream, job, keep_alive).await;
+            self.shard.busy.set(self.shard.busy.get() - self.pending);
+            self.pending = 0;
+            if !reusable? {
+                return Ok(Next::Close);
+            }
+        }
+        if !keep_alive || self.shard.draining.get() {
             return Ok(Next::Close);
         }
         if self.wbuf.len() >= WRITE_FLUSH_BYTES {
@@ -340,6 +372,8 @@ impl Conn {
         if !self.wbuf.is_empty() {
             let r = self.stream.write_all(&self.wbuf).await;
             self.wbuf.clear();
+            self.shard.busy.set(self.shard.busy.get() - self.pending);
+            self.pending = 0;
             r?;
         }
         Ok(())
@@ -348,6 +382,7 @@ impl Conn {
     /// Answers with an error status and closes: the request could not be framed, so
     /// nothing after it on this connection can be trusted.
     async fn refuse(&mut self, status: u16, why: &str) -> std::io::Result<Next> {
+        self.shard.m().status(status);
         route::write_plain_error(&mut self.wbuf, status, why, false, &[]);
         Ok(Next::Close)
     }
@@ -358,6 +393,7 @@ impl Conn {
         let max = self.shard.config.limits.max_body_bytes;
         let why = format!("request body is larger than {max} bytes (limits.max_body_bytes)");
         let _ = head;
+        self.shard.m().status(413);
         route::write_plain_error(&mut self.wbuf, 413, &why, false, &[]);
         self.flush().await?;
         let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
@@ -376,5 +412,16 @@ impl Conn {
             }
         }
         Ok(Next::Close)
+    }
+}
+
+/// Counts the status of a response just appended (`HTTP/1.1 NNN …`).
+fn count_status(shard: &Shard, response: &[u8]) {
+    if let Some(code) = response
+        .get(9..12)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse::<u16>().ok())
+    {
+        shard.m().status(code);
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod conn;
+pub mod direct;
 pub mod frame;
 pub mod route;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpListener;
+use glommio::sync::CancellationToken;
 
 use crate::shard::Shard;
 
@@ -23,23 +25,33 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Counts a shard's open connections; the count drops when the guard does, even
 /// if the connection's task ends by a panic.
-struct Open(Rc<Cell<usize>>);
+struct Open(Rc<Cell<usize>>, Rc<Shard>);
 
 impl Drop for Open {
     fn drop(&mut self) {
         self.0.set(self.0.get() - 1);
+        self.1.m().connections.sub(1);
     }
 }
 
-/// Accepts connections on this shard's listener until the process ends.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// Accepts connections on this shard's listener until `stop` is cancelled
+/// (shutdown); the listener closes when this returns.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: &CancellationToken) {
     let open = Rc::new(Cell::new(0usize));
     let max = shard.config.limits.max_connections_per_shard;
     loop {
-        let mut stream = match listener.accept().await {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stop.cancelled().await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else {
+            return;
+        };
+        let mut stream = match accepted {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("coremcp: shard {}: accept failed: {e}", shard.id);
+                crate::log!(Warn, "accept failed", shard = shard.id, error = e);
                 glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
                 continue;
             }
@@ -55,6 +67,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 false,
                 &[],
             );
+            shard.m().status(503);
             glommio::spawn_local(async move {
                 let _ = stream.write_all(&out).await;
             })
@@ -62,7 +75,8 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             continue;
         }
         open.set(open.get() + 1);
-        let guard = Open(open.clone());
+        shard.m().connections.add(1);
+        let guard = Open(open.clone(), shard.clone());
         let shard = shard.clone();
         glommio::spawn_local(async move {
             conn::serve(shard, stream).await;

@@ -2,6 +2,7 @@
 //! come before MCP sees the body (Host/Origin, content types, sessions on DELETE).
 
 use super::access::{self, Denied};
+use super::direct::{self, Streaming};
 use super::frame::{self, Head, Method};
 use crate::dispatch::{self, HttpMeta, Via};
 use crate::protocol::era;
@@ -12,7 +13,8 @@ use crate::shard::Shard;
 /// The MCP endpoint.
 pub const MCP_PATH: &[u8] = b"/mcp";
 
-/// Answers one request, appending the whole response to `out`.
+/// Answers one request, appending the whole response to `out`, or returns the
+/// streamed call the connection must write itself.
 pub async fn respond(
     shard: &Shard,
     buf: &[u8],
@@ -21,40 +23,96 @@ pub async fn respond(
     keep_alive: bool,
     out: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
-) {
+) -> Option<Streaming> {
+    route(shard, buf, head, body, keep_alive, out, scratch).await
+}
+
+async fn route(
+    shard: &Shard,
+    buf: &[u8],
+    head: &Head,
+    body: &[u8],
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Option<Streaming> {
     let field = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &buf[r]);
     let full_path = &buf[head.path.clone()];
     let path = full_path.split(|b| *b == b'?').next().unwrap_or(b"");
 
     if head.host.is_none() && !head.http10 {
-        return write_plain_error(
+        write_plain_error(
             out,
             400,
             "HTTP/1.1 requests need a Host header",
             keep_alive,
             &[],
         );
+        return None;
     }
     match access::check(&shard.config.access, field(&head.host), field(&head.origin)) {
         Ok(()) => {}
         Err(Denied::Host) => {
-            return write_plain_error(
+            write_plain_error(
                 out,
                 421,
                 "Host is not a name this server answers to; add it to allowed_hosts if a proxy forwards it",
                 keep_alive,
                 &[],
-            )
+            );
+            return None;
         }
         Err(Denied::Origin) => {
-            return write_plain_error(
+            write_plain_error(
                 out,
                 403,
                 "Origin is not allowed; add it to allowed_origins to let that site call this server",
                 keep_alive,
                 &[],
-            )
+            );
+            return None;
         }
+    }
+
+    if path.starts_with(direct::TOOLS_PREFIX) || path == direct::BATCH_PATH {
+        if head.method != Some(Method::Post) {
+            direct::write_error(out, 405, "the direct API takes POST", keep_alive);
+            return None;
+        }
+        let json_or_none = body.is_empty()
+            || field(&head.content_type).is_some_and(|ct| {
+                let mime = ct.split(|b| *b == b';').next().unwrap_or(b"");
+                mime.trim_ascii().eq_ignore_ascii_case(b"application/json")
+            });
+        if !json_or_none {
+            direct::write_error(
+                out,
+                415,
+                "Content-Type must be application/json",
+                keep_alive,
+            );
+            return None;
+        }
+        if path == direct::BATCH_PATH {
+            direct::batch(shard, body, keep_alive, out).await;
+            return None;
+        }
+        let ndjson = field(&head.accept).is_some_and(|a| {
+            a.split(|b| *b == b',').any(|part| {
+                let mime = part.split(|b| *b == b';').next().unwrap_or(b"");
+                mime.trim_ascii()
+                    .eq_ignore_ascii_case(b"application/x-ndjson")
+            })
+        });
+        return direct::tool(
+            shard,
+            &path[direct::TOOLS_PREFIX.len()..],
+            ndjson,
+            body,
+            keep_alive,
+            out,
+        )
+        .await;
     }
 
     match (path, head.method) {
@@ -67,6 +125,22 @@ pub async fn respond(
             keep_alive,
             b"allow: POST, DELETE\r\n",
         ),
+        (b"/metrics", Some(Method::Get)) => {
+            let body = shard.metrics.render();
+            write_body(out, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), keep_alive, &[])
+        }
+        (b"/readyz", Some(Method::Get)) => {
+            let (serving, shards) = (shard.metrics.serving(), shard.metrics.shards());
+            let draining = shard.metrics.draining.load(std::sync::atomic::Ordering::Acquire);
+            if serving == shards && !draining {
+                let body = format!("ready shards={serving}/{shards}\n");
+                write_body(out, 200, "text/plain; charset=utf-8", body.as_bytes(), keep_alive, &[])
+            } else {
+                let why = if draining { " draining" } else { "" };
+                let body = format!("not ready shards={serving}/{shards}{why}\n");
+                write_body(out, 503, "text/plain; charset=utf-8", body.as_bytes(), keep_alive, &[])
+            }
+        }
         (b"/healthz", Some(Method::Get)) => {
             // Names the shard, so an operator (or a test) can see where a connection landed.
             let body = format!("ok shard={}\n", shard.id);
@@ -74,6 +148,7 @@ pub async fn respond(
         }
         _ => write_plain_error(out, 404, "no such endpoint; MCP is served at POST /mcp", keep_alive, &[]),
     }
+    None
 }
 
 async fn mcp_post(

@@ -1,0 +1,113 @@
+//! The configuration file against the real binary: `check-config`, the shipped
+//! tuning files, errors that name the key and line, and flags over the file.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn check_config(path: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .expect("run coremcp check-config");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_shipped_tuning_file_passes_check_config() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (ok, stdout, stderr) = check_config(&path);
+            assert!(ok, "{}: {stderr}", path.display());
+            assert!(stdout.contains(": ok ("), "{stdout}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "tuning/ has default.toml and low-latency.toml"
+    );
+}
+
+#[test]
+fn an_unknown_key_is_refused_with_its_name_and_line() {
+    let dir = temp_dir("config-unknown");
+    let path = write(
+        &dir,
+        "c.toml",
+        b"listen = \"127.0.0.1:0\"\n[cache]\nfile_bytes = 1024\nfile_byts = 2048\n",
+    );
+    let (ok, _, stderr) = check_config(&path);
+    assert!(!ok);
+    assert!(stderr.contains("c.toml:4:"), "{stderr}");
+    assert!(stderr.contains("file_byts"), "{stderr}");
+
+    // serve refuses the same file before binding anything.
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("c.toml:4:") && stderr.contains("file_byts"),
+        "{stderr}"
+    );
+
+    // A bad value names its key and line too.
+    let path = write(&dir, "v.toml", b"[limits]\n\nmax_body_bytes = 0\n");
+    let (ok, _, stderr) = check_config(&path);
+    assert!(!ok);
+    assert!(
+        stderr.contains("v.toml:3: limits.max_body_bytes: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_file_configures_the_server_and_flags_override_it() {
+    let dir = temp_dir("config-serve");
+    write(&dir, "root/hello.txt", b"hello from the file's root\n");
+    let cfg = write(
+        &dir,
+        "c.toml",
+        b"listen = \"127.0.0.1:1\"\nroots = [\"root\"]\nshards = 1\n[tools.query_db]\nenabled = false\n[limits]\nmax_body_bytes = 100000\n",
+    );
+    // --listen overrides the file's (unusable) port 1.
+    let s = Server::start(&["--config", cfg.to_str().unwrap()]);
+    assert!(s.startup_line.contains("roots="), "{}", s.startup_line);
+    assert!(s.startup_line.contains("/root"), "{}", s.startup_line);
+    let mut c = s.connect();
+    let r = c.post(
+        &stateless_headers("tools/list", None),
+        &serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta": meta()}}),
+    );
+    let names: Vec<String> = r.json()["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!names.contains(&"query_db".to_string()), "{names:?}");
+    assert!(names.contains(&"read_file".to_string()));
+    let r = c.post(
+        &stateless_headers("tools/call", Some("read_file")),
+        &serde_json::json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"_meta": meta(), "name":"read_file","arguments":{"path":"hello.txt"}}}),
+    );
+    assert!(
+        r.text().contains("hello from the file's root"),
+        "{}",
+        r.text()
+    );
+}
