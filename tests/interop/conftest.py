@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import sqlite3
 import subprocess
 
@@ -38,8 +39,9 @@ class Server:
             text=True,
         )
         for line in self.proc.stderr:
-            if "listening on http://" in line:
-                self.url = "http://" + line.split("http://", 1)[1].split()[0]
+            found = re.search(r'listening on (http://[^\s"]+)', line)
+            if found:
+                self.url = found.group(1)
                 break
         else:
             raise RuntimeError(f"coremcp exited: {self.proc.wait()}")
