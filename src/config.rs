@@ -116,7 +116,7 @@ impl Default for Limits {
 ///
 /// By default only loopback names are allowed, which is right for a server bound to
 /// loopback. A deployment behind a proxy lists its public names here.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct AccessPolicy {
     /// Host names (without port) accepted in `Host`. Empty: loopback names only.
     pub allowed_hosts: Vec<String>,
@@ -125,14 +125,6 @@ pub struct AccessPolicy {
     pub allowed_origins: Vec<String>,
 }
 
-impl Default for AccessPolicy {
-    fn default() -> Self {
-        AccessPolicy {
-            allowed_hosts: Vec::new(),
-            allowed_origins: Vec::new(),
-        }
-    }
-}
 
 /// A SQLite database to serve, named by its file stem.
 #[derive(Clone, Debug)]

@@ -45,6 +45,9 @@ pub struct HttpMeta<'h> {
     /// `Mcp-Session-Id` as sent; checked here, once the era is known, because the
     /// stateless revision ignores it.
     pub session_id: Option<&'h str>,
+    /// The client's Accept admits `text/event-stream`, so an answer may be a
+    /// stream that carries progress notifications before the response.
+    pub sse_ok: bool,
 }
 
 /// What happened, for the transport to frame.
@@ -58,6 +61,20 @@ pub struct Outcome {
     pub new_session: Option<String>,
     /// The revision this message negotiated (`initialize` over stdio).
     pub negotiated: Option<u8>,
+    /// A call that asked for progress: the transport runs it with
+    /// [`call_with_progress`] and streams notifications before the answer.
+    pub progress: Option<ProgressJob>,
+}
+
+/// A `tools/call` whose client asked for progress (`_meta.progressToken`).
+#[derive(Debug)]
+pub struct ProgressJob {
+    tool: String,
+    args: Map<String, Value>,
+    token: Value,
+    id: Box<RawValue>,
+    ns: u64,
+    era: Era,
 }
 
 impl Outcome {
@@ -173,7 +190,7 @@ pub async fn handle(shard: &Shard, via: &Via<'_>, msg: &Message<'_>, out: &mut V
             Outcome::ok()
         }
         (_, "tools/list") => tools_list(shard, era, id, &params, out),
-        (_, "tools/call") => tools_call(shard, session, era, id, params, out).await,
+        (_, "tools/call") => tools_call(shard, via, session, era, id, params, out).await,
         _ => {
             let message = match era {
                 Era::Handshake(_) if method == "server/discover" => {
@@ -579,12 +596,18 @@ fn tools_list(
 
 async fn tools_call(
     shard: &Shard,
+    via: &Via<'_>,
     session: Option<&str>,
     era: Era,
     id: &RawValue,
     params: Params<'_>,
     out: &mut Vec<u8>,
 ) -> Outcome {
+    let token = params
+        .meta
+        .as_ref()
+        .and_then(|m| m.get("progressToken"))
+        .cloned();
     let Some(name) = params.name.as_deref() else {
         return reply_error(
             out,
@@ -609,6 +632,22 @@ async fn tools_call(
             )
         }
     };
+    let wants_progress = matches!(via, Via::Http(h) if h.sse_ok)
+        && matches!(token, Some(Value::String(_) | Value::Number(_)))
+        && shard.tools.get(name).is_some();
+    if wants_progress {
+        let mut outcome = Outcome::ok();
+        outcome.wrote = false;
+        outcome.progress = Some(ProgressJob {
+            tool: name.to_string(),
+            args,
+            token: token.expect("checked above"),
+            id: id.to_owned(),
+            ns: namespace(session),
+            era,
+        });
+        return outcome;
+    }
     let Some((result, outcome)) = call_tool(
         shard,
         name,
@@ -619,15 +658,30 @@ async fn tools_call(
     )
     .await
     else {
-        return reply_error(
-            out,
-            Some(id),
-            jsonrpc::INVALID_PARAMS,
-            &format!("unknown tool: {name}; tools/list names the tools this server has"),
-            None,
-            200,
-        );
+        return unknown_tool(out, id, name);
     };
+    write_call_result(out, id, era, &result, outcome)
+}
+
+fn unknown_tool(out: &mut Vec<u8>, id: &RawValue, name: &str) -> Outcome {
+    reply_error(
+        out,
+        Some(id),
+        jsonrpc::INVALID_PARAMS,
+        &format!("unknown tool: {name}; tools/list names the tools this server has"),
+        None,
+        200,
+    )
+}
+
+/// Writes the answer to a finished `tools/call`.
+fn write_call_result(
+    out: &mut Vec<u8>,
+    id: &RawValue,
+    era: Era,
+    result: &ToolResult,
+    outcome: CallOutcome,
+) -> Outcome {
     if outcome == CallOutcome::Panicked {
         let message = result
             .content
@@ -641,6 +695,87 @@ async fn tools_call(
     }
     write_value(out, id, &value);
     Outcome::ok()
+}
+
+/// Runs a call that asked for progress. Every `progress_interval` while it runs,
+/// `emit` gets a `notifications/progress` message if the tool has made progress
+/// since the last one (progress only ever increases); then it gets the answer.
+/// An `Err` from `emit` (the client is gone) stops the call.
+pub async fn call_with_progress<E>(
+    shard: &Shard,
+    job: ProgressJob,
+    emit: &mut E,
+) -> std::io::Result<()>
+where
+    E: AsyncEmit,
+{
+    let cell = ProgressCell::default();
+    let interval = shard.config.limits.progress_interval;
+    let call = call_tool(
+        shard,
+        &job.tool,
+        job.args,
+        job.ns,
+        job.id.get(),
+        Hooks {
+            sink: None,
+            progress: Some(&cell),
+        },
+    );
+    let sent = Cell::new(0u64);
+    let notify = |message: &mut Vec<u8>| -> bool {
+        let (done, total) = cell.get();
+        if done <= sent.get() {
+            return false;
+        }
+        sent.set(done);
+        message.clear();
+        let mut params = Map::new();
+        params.insert("progressToken".into(), job.token.clone());
+        params.insert("progress".into(), done.into());
+        if let Some(t) = total {
+            params.insert("total".into(), t.into());
+        }
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params});
+        serde_json::to_writer(&mut *message, &note).expect("writing to a Vec cannot fail");
+        true
+    };
+    let mut message = Vec::new();
+    let finished = {
+        let ticker = async {
+            loop {
+                glommio::timer::sleep(interval).await;
+                if notify(&mut message) {
+                    emit.emit(&message).await?;
+                }
+            }
+        };
+        futures_lite::future::or(async { Ok(call.await) }, async {
+            let r: std::io::Result<()> = ticker.await;
+            r.map(|()| None)
+        })
+        .await?
+    };
+    // The last word on progress before the answer, so a client always sees where
+    // the work ended even when it finished between two ticks.
+    if notify(&mut message) {
+        emit.emit(&message).await?;
+    }
+    let mut out = Vec::new();
+    match finished {
+        Some((result, outcome)) => {
+            write_call_result(&mut out, &job.id, job.era, &result, outcome);
+        }
+        None => {
+            unknown_tool(&mut out, &job.id, &job.tool);
+        }
+    }
+    emit.emit(&out).await
+}
+
+/// Where [`call_with_progress`] writes its messages (one JSON-RPC message each).
+pub trait AsyncEmit {
+    fn emit(&mut self, message: &[u8]) -> impl Future<Output = std::io::Result<()>>;
 }
 
 /// What a call may stream to besides its result.
@@ -807,6 +942,9 @@ impl Future for Ended<'_> {
     }
 }
 
+/// (session namespace, raw request id).
+type InflightKey = (u64, Box<str>);
+
 struct InflightEntry {
     flag: CancelFlag,
     waker: RefCell<Option<Waker>>,
@@ -816,7 +954,7 @@ struct InflightEntry {
 /// `notifications/cancelled` can stop them.
 #[derive(Default)]
 pub struct Inflight {
-    calls: RefCell<hashbrown::HashMap<(u64, Box<str>), Rc<InflightEntry>>>,
+    calls: RefCell<hashbrown::HashMap<InflightKey, Rc<InflightEntry>>>,
     running: Cell<usize>,
 }
 

@@ -362,3 +362,90 @@ fn hanging_up_cancels_the_call() {
         "{r}"
     );
 }
+
+/// The JSON messages of an SSE body, in order.
+fn sse_messages(body: &[u8]) -> Vec<Value> {
+    String::from_utf8(body.to_vec())
+        .unwrap()
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let data = e
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .expect("a data line");
+            serde_json::from_str(data).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn progress_arrives_as_sse_before_the_answer() {
+    let dir = temp_dir("progress");
+    for i in 0..300 {
+        write(
+            &dir,
+            &format!("src/m{i}/f{i}.rs"),
+            format!("fn f{i}() {{ needle_{i}(); }}\n").as_bytes(),
+        );
+    }
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--root",
+        dir.to_str().unwrap(),
+        "--limit",
+        "progress_interval=1",
+    ]);
+    let (mut c, sid) = s.session("2025-11-25");
+    let h = [("mcp-session-id", sid.as_str())];
+    let mut req = call(
+        5,
+        "search_code",
+        json!({"query": "needle_", "max_results": 1000}),
+    );
+    req["params"]["_meta"] = json!({"progressToken": "tok-1"});
+    let r = c.post(&h, &req);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let msgs = sse_messages(&r.body);
+    let (answer, notes) = msgs.split_last().unwrap();
+    assert_eq!(answer["id"], 5);
+    assert_eq!(
+        answer["result"]["structuredContent"]["matches"]
+            .as_array()
+            .unwrap()
+            .len(),
+        300
+    );
+    assert!(!notes.is_empty(), "at least the final progress");
+    let mut last = 0;
+    for n in notes {
+        assert_eq!(n["method"], "notifications/progress");
+        assert_eq!(n["params"]["progressToken"], "tok-1");
+        let p = n["params"]["progress"].as_u64().unwrap();
+        assert!(p > last, "progress increases");
+        last = p;
+    }
+    assert_eq!(
+        Some(last),
+        notes.last().unwrap()["params"]["total"].as_u64(),
+        "ends at the total"
+    );
+    // The connection is still good for the next request.
+    let r = c.post(&h, &json!({"jsonrpc":"2.0","id":6,"method":"ping"}));
+    assert_eq!(r.status, 200);
+    // A client that takes only JSON gets a plain answer, without progress.
+    let r = c.request(
+        "POST",
+        "/mcp",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+            ("mcp-session-id", &sid),
+        ],
+        &serde_json::to_vec(&req).unwrap(),
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json()["id"], 5);
+}

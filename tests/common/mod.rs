@@ -228,6 +228,18 @@ impl Conn {
                     self.buf.drain(..end + 4);
                     continue;
                 }
+                if headers
+                    .iter()
+                    .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
+                {
+                    self.buf.drain(..end + 4);
+                    let body = self.read_chunked();
+                    return Response {
+                        status,
+                        headers,
+                        body,
+                    };
+                }
                 let len: usize = headers
                     .iter()
                     .find(|(k, _)| k == "content-length")
@@ -249,6 +261,32 @@ impl Conn {
                 "EOF before a response: {:?}",
                 String::from_utf8_lossy(&self.buf)
             );
+        }
+    }
+
+    /// Reads a chunked body to its last chunk (trailers are not used here).
+    fn read_chunked(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(&self.buf, b"\r\n") {
+                    break i;
+                }
+                assert!(self.fill() > 0, "EOF inside a chunk size");
+            };
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&self.buf[..line_end]).unwrap().trim(),
+                16,
+            )
+            .unwrap();
+            while self.buf.len() < line_end + 2 + size + 2 {
+                assert!(self.fill() > 0, "EOF inside a chunk");
+            }
+            body.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+            self.buf.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                return body;
+            }
         }
     }
 

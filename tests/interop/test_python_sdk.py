@@ -65,3 +65,20 @@ def test_stdio(fixture_dir):
             await exercise(client)
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_progress_reaches_the_client(server, mode):
+    seen = []
+
+    async def on_progress(progress, total, message):
+        seen.append((progress, total))
+
+    async def run():
+        async with Client(server.url, mode=mode) as client:
+            r = await client.call_tool("search_code", {"query": "hello"}, progress_callback=on_progress)
+            assert not r.is_error, r.content
+
+    asyncio.run(run())
+    assert seen, "no notifications/progress reached the client"
+    assert seen[-1][0] == seen[-1][1], seen

@@ -18,7 +18,8 @@ use glommio::net::TcpStream;
 
 use super::direct;
 use super::frame::{self, ChunkError, Chunked, Head, HeadError};
-use super::route;
+use super::route::{self, Streaming};
+use super::sse;
 use crate::shard::Shard;
 
 /// First size of a connection's read buffer; it grows only for large requests.
@@ -312,8 +313,14 @@ impl Conn {
                 self.stream.write_all(&self.wbuf).await?;
                 self.wbuf.clear();
             }
-            let reusable =
-                direct::stream_ndjson(&self.shard, &mut self.stream, job, keep_alive).await;
+            let reusable = match job {
+                Streaming::Ndjson(job) => {
+                    direct::stream_ndjson(&self.shard, &mut self.stream, job, keep_alive).await
+                }
+                Streaming::Progress(job) => {
+                    sse::stream_progress(&self.shard, &mut self.stream, job, keep_alive).await
+                }
+            };
             self.shard.busy.set(self.shard.busy.get() - self.pending);
             self.pending = 0;
             if !reusable? {

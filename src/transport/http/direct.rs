@@ -51,7 +51,7 @@ fn call_id() -> String {
 }
 
 /// A call the connection streams itself, after the router has checked it.
-pub struct Streaming {
+pub struct NdjsonJob {
     pub tool: String,
     pub args: Map<String, Value>,
 }
@@ -65,7 +65,7 @@ pub async fn tool(
     body: &[u8],
     keep_alive: bool,
     out: &mut Vec<u8>,
-) -> Option<Streaming> {
+) -> Option<NdjsonJob> {
     let Some(name) = std::str::from_utf8(name)
         .ok()
         .filter(|n| shard.tools.get(n).is_some())
@@ -91,7 +91,7 @@ pub async fn tool(
         }
     };
     if ndjson {
-        return Some(Streaming {
+        return Some(NdjsonJob {
             tool: name.to_string(),
             args,
         });
@@ -263,7 +263,7 @@ pub fn write_error(out: &mut Vec<u8>, status: u16, message: &str, keep_alive: bo
 pub async fn stream_ndjson(
     shard: &Shard,
     stream: &mut TcpStream,
-    job: Streaming,
+    job: NdjsonJob,
     keep_alive: bool,
 ) -> io::Result<bool> {
     let limits = &shard.config.limits;

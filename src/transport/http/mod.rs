@@ -8,6 +8,7 @@ pub mod conn;
 pub mod direct;
 pub mod frame;
 pub mod route;
+pub mod sse;
 
 use std::cell::Cell;
 use std::rc::Rc;

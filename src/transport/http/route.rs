@@ -2,13 +2,22 @@
 //! come before MCP sees the body (Host/Origin, content types, sessions on DELETE).
 
 use super::access::{self, Denied};
-use super::direct::{self, Streaming};
+use super::direct::{self, NdjsonJob};
 use super::frame::{self, Head, Method};
+use crate::dispatch::ProgressJob;
 use crate::dispatch::{self, HttpMeta, Via};
 use crate::protocol::era;
 use crate::protocol::jsonrpc::{self, ParseError, Parsed};
 use crate::protocol::session::Lookup;
 use crate::shard::Shard;
+
+/// An answer the connection streams itself after `respond` returns.
+pub enum Streaming {
+    /// Direct API results as NDJSON.
+    Ndjson(NdjsonJob),
+    /// An MCP call that asked for progress, as SSE.
+    Progress(ProgressJob),
+}
 
 /// The MCP endpoint.
 pub const MCP_PATH: &[u8] = b"/mcp";
@@ -112,11 +121,14 @@ async fn route(
             keep_alive,
             out,
         )
-        .await;
+        .await
+        .map(Streaming::Ndjson);
     }
 
     match (path, head.method) {
-        (MCP_PATH, Some(Method::Post)) => mcp_post(shard, buf, head, body, keep_alive, out, scratch).await,
+        (MCP_PATH, Some(Method::Post)) => {
+            return mcp_post(shard, buf, head, body, keep_alive, out, scratch).await;
+        }
         (MCP_PATH, Some(Method::Delete)) => mcp_delete(shard, field(&head.session_id), keep_alive, out),
         (MCP_PATH, _) => write_plain_error(
             out,
@@ -159,20 +171,21 @@ async fn mcp_post(
     keep_alive: bool,
     out: &mut Vec<u8>,
     json: &mut Vec<u8>,
-) {
+) -> Option<Streaming> {
     let field = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &buf[r]);
     let is_json = field(&head.content_type).is_some_and(|ct| {
         let mime = ct.split(|b| *b == b';').next().unwrap_or(b"");
         mime.trim_ascii().eq_ignore_ascii_case(b"application/json")
     });
     if !is_json {
-        return write_plain_error(
+        write_plain_error(
             out,
             415,
             "Content-Type must be application/json",
             keep_alive,
             &[],
         );
+        return None;
     }
     // Clients must accept both; we answer JSON, or one SSE event to a client that
     // takes only SSE.
@@ -184,13 +197,14 @@ async fn mcp_post(
         ),
     };
     if !json_ok && !sse_ok {
-        return write_plain_error(
+        write_plain_error(
             out,
             406,
             "Accept must include application/json and text/event-stream",
             keep_alive,
             &[],
         );
+        return None;
     }
     let text =
         |r: &Option<std::ops::Range<usize>>| field(r).and_then(|v| std::str::from_utf8(v).ok());
@@ -199,6 +213,7 @@ async fn mcp_post(
         mcp_method: text(&head.mcp_method),
         mcp_name: text(&head.mcp_name),
         session_id: text(&head.session_id),
+        sse_ok,
     };
     let via = Via::Http(meta);
 
@@ -215,6 +230,9 @@ async fn mcp_post(
         }
         Ok(Parsed::Single(msg)) => {
             let outcome = dispatch::handle(shard, &via, &msg, json).await;
+            if let Some(job) = outcome.progress {
+                return Some(Streaming::Progress(job));
+            }
             (
                 if outcome.wrote { outcome.status } else { 202 },
                 outcome.new_session,
@@ -236,6 +254,7 @@ async fn mcp_post(
     } else {
         write_body(out, status, "application/json", json, keep_alive, &extra);
     }
+    None
 }
 
 /// A JSON-RPC batch: allowed only in a session that negotiated 2025-03-26.

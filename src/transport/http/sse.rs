@@ -1,0 +1,62 @@
+//! Server-sent events for an MCP call that asked for progress.
+//!
+//! The answer is one SSE stream per request: rate-limited `notifications/progress`
+//! events while the tool works, then the response event, and the stream ends. It
+//! is sent with chunked transfer coding so the connection stays reusable, and with
+//! `x-accel-buffering: no` so a proxy passes events on as they come.
+
+use std::io;
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+
+use crate::dispatch::{self, AsyncEmit, ProgressJob};
+use crate::shard::Shard;
+
+/// Writes each message as one SSE event in its own chunk.
+struct Events<'s> {
+    stream: &'s mut TcpStream,
+    frame: Vec<u8>,
+}
+
+impl AsyncEmit for Events<'_> {
+    async fn emit(&mut self, message: &[u8]) -> io::Result<()> {
+        const PREFIX: &[u8] = b"event: message\ndata: ";
+        const SUFFIX: &[u8] = b"\n\n";
+        let len = PREFIX.len() + message.len() + SUFFIX.len();
+        self.frame.clear();
+        self.frame
+            .extend_from_slice(format!("{len:x}\r\n").as_bytes());
+        self.frame.extend_from_slice(PREFIX);
+        self.frame.extend_from_slice(message);
+        self.frame.extend_from_slice(SUFFIX);
+        self.frame.extend_from_slice(b"\r\n");
+        self.stream.write_all(&self.frame).await
+    }
+}
+
+/// Streams a progress-reporting call. `Ok(true)`: the connection can serve more.
+pub async fn stream_progress(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    job: ProgressJob,
+    keep_alive: bool,
+) -> io::Result<bool> {
+    let mut head = Vec::with_capacity(192);
+    head.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-store\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n",
+    );
+    if !keep_alive {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    shard.m().status(200);
+    stream.write_all(&head).await?;
+    let mut events = Events {
+        stream,
+        frame: Vec::new(),
+    };
+    dispatch::call_with_progress(shard, job, &mut events).await?;
+    events.stream.write_all(b"0\r\n\r\n").await?;
+    Ok(keep_alive)
+}
