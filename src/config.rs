@@ -32,7 +32,7 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Open connections per shard; further connections are accepted and closed at once
 /// so that the kernel backlog does not fill with clients that will never be served.
 pub const DEFAULT_MAX_CONNECTIONS_PER_SHARD: usize = 16_384;
-/// Requests read ahead of their responses on one pipelined connection.
+/// Answers to a pipelined burst gathered before they are written in one go.
 pub const DEFAULT_MAX_PIPELINED: usize = 64;
 /// Live handshake-era sessions across the whole process.
 pub const DEFAULT_MAX_SESSIONS: usize = 65_536;

@@ -330,7 +330,9 @@ impl Conn {
         if !keep_alive || self.shard.draining.get() {
             return Ok(Next::Close);
         }
-        if self.wbuf.len() >= WRITE_FLUSH_BYTES {
+        // Answers to a pipelined burst are gathered into one write, up to a bound
+        // in bytes and in answers (limits.max_pipelined).
+        if self.wbuf.len() >= WRITE_FLUSH_BYTES || self.pending >= self.shard.config.limits.max_pipelined {
             self.flush().await?;
         }
         Ok(Next::KeepGoing)
