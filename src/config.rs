@@ -125,7 +125,6 @@ pub struct AccessPolicy {
     pub allowed_origins: Vec<String>,
 }
 
-
 /// A SQLite database to serve, named by its file stem.
 #[derive(Clone, Debug)]
 pub struct Database {

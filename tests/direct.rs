@@ -294,3 +294,80 @@ fn ndjson_streams_incrementally_and_a_slow_reader_bounds_server_memory() {
     );
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn query_rows_stream_as_ndjson_lines() {
+    let dir = temp_dir("ndjson-rows");
+    let db = dir.join("big.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT);
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 50000)
+         INSERT INTO t SELECT x, 'name-' || x FROM c;",
+    )
+    .unwrap();
+    drop(conn);
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--root",
+        dir.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    let r = post(
+        &s,
+        "/v1/tools/query_db",
+        &[("accept", "application/x-ndjson")],
+        &json!({"sql": "SELECT id, name FROM t ORDER BY id"}),
+    );
+    assert_eq!(r.status, 200);
+    let lines: Vec<Value> = r
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0], json!({"columns": ["id", "name"]}));
+    assert_eq!(lines[1], json!({"row": [1, "name-1"]}));
+    assert_eq!(lines[50_000], json!({"row": [50000, "name-50000"]}));
+    assert_eq!(
+        lines.len(),
+        50_002,
+        "columns, every row (past max_rows: streaming has no row cap), the last line"
+    );
+    let last = &lines[50_001];
+    assert_eq!(last["done"], true);
+    assert_eq!(last["result"]["streamed"], 50_000);
+    assert_eq!(last["result"]["truncated"], false);
+
+    // A reader that leaves early stops the query; the server serves on.
+    let mut c = s.connect();
+    let body = serde_json::to_vec(&json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"})).unwrap();
+    c.request_no_wait(
+        "POST",
+        "/v1/tools/query_db",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/x-ndjson"),
+        ],
+        &body,
+    );
+    let mut first = [0u8; 256];
+    assert!(std::io::Read::read(&mut c.stream, &mut first).unwrap() > 0);
+    drop(c);
+    // The endless query is stopped, not left running: the in-flight gauge drops
+    // to zero (asked until it does; bounded, not timed).
+    let stopped = (0..10_000).any(|_| {
+        let m = s.connect().request("GET", "/metrics", &[], b"").text();
+        m.lines().any(|l| l == "mcp_inflight_calls 0")
+    });
+    assert!(stopped, "the abandoned query kept running");
+    let r = post(
+        &s,
+        "/v1/tools/query_db",
+        &[],
+        &json!({"sql": "SELECT count(*) AS n FROM t"}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["rows"][0][0], 50_000);
+}

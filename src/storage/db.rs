@@ -199,6 +199,32 @@ impl Db {
             self.put(conn);
             return outcome;
         }
+        self.pooled(conn, limits, &abandoned, work).await
+    }
+
+    /// Runs `work` on the blocking pool only, until the deadline: for work that must
+    /// not run twice because it hands out what it reads as it goes (streaming).
+    pub async fn run_off_shard<T, F>(&self, limits: &Limits, work: F) -> Result<T, DbError>
+    where
+        F: Fn(&Conn) -> Result<T, DbError> + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let abandoned = AbandonOnDrop(Arc::new(AtomicBool::new(false)));
+        let conn = self.take()?;
+        self.pooled(conn, limits, &abandoned, work).await
+    }
+
+    async fn pooled<T, F>(
+        &self,
+        mut conn: Conn,
+        limits: &Limits,
+        abandoned: &AbandonOnDrop,
+        work: F,
+    ) -> Result<T, DbError>
+    where
+        F: Fn(&Conn) -> Result<T, DbError> + Send + Sync + 'static,
+        T: Send + 'static,
+    {
         let limits = limits.clone();
         let flag = abandoned.0.clone();
         let (conn, outcome) = glommio::executor()

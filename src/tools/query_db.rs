@@ -100,8 +100,125 @@ fn approx_size(v: &Value) -> usize {
     }
 }
 
-/// Runs one read-only statement; runs on the shard or a pool thread.
+/// Runs one read-only statement, collecting its rows; on the shard or a pool thread.
 fn query(c: &Conn, sql: &str, params: &Params, max_rows: usize) -> Result<Rows, DbError> {
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    let (columns, truncated) = query_each(c, sql, params, max_rows, &mut |_, values| {
+        if bytes > MAX_RESULT_BYTES {
+            return Step::Full;
+        }
+        bytes += values.iter().map(approx_size).sum::<usize>();
+        rows.push(values);
+        Step::More
+    })?;
+    Ok(Rows {
+        columns,
+        rows,
+        truncated,
+    })
+}
+
+/// Rows in flight between the query's thread and the shard while streaming.
+pub const STREAM_ROW_QUEUE: usize = 256;
+
+/// Streams a query's rows to `sink` as they are read: first `{"columns": […]}`,
+/// then one `{"row": […]}` per row, up to the sink's item limit. The query runs on
+/// the blocking pool (rows already handed out must not be read twice, so it never
+/// starts inline), and a bounded channel between that thread and the shard makes a
+/// slow reader stall the query instead of growing memory. The query stops at the
+/// deadline even while it waits for the reader.
+async fn stream_rows(
+    cx: &CallContext<'_>,
+    sink: &crate::tools::ItemSink,
+    db: &crate::storage::db::Db,
+    sql: String,
+    params: Params,
+    start: Instant,
+) -> ToolResult {
+    let (tx, rx) = flume::bounded::<Value>(STREAM_ROW_QUEUE);
+    let limits = limits(cx);
+    let deadline = limits.deadline;
+    let max_rows = sink.max_items.saturating_sub(1);
+    let work = move |c: &Conn| {
+        let mut first = true;
+        let mut timed_out = false;
+        let outcome = query_each(c, &sql, &params, max_rows, &mut |columns, values| {
+            if first {
+                first = false;
+                if tx
+                    .send_deadline(json!({ "columns": columns }), deadline)
+                    .is_err()
+                {
+                    timed_out = Instant::now() >= deadline;
+                    return Step::Stop;
+                }
+            }
+            match tx.send_deadline(json!({ "row": values }), deadline) {
+                Ok(()) => Step::More,
+                Err(_) => {
+                    timed_out = Instant::now() >= deadline;
+                    Step::Stop
+                }
+            }
+        });
+        match outcome {
+            Err(DbError::Cancelled) if timed_out => Err(DbError::TimedOut),
+            other => other,
+        }
+    };
+    let producer = db.run_off_shard(&limits, work);
+    let consumer = async move {
+        let mut sent = 0usize;
+        while let Ok(item) = rx.recv_async().await {
+            if !sink.send(item).await {
+                return sent;
+            }
+            sent += 1;
+        }
+        sent
+    };
+    let (outcome, sent) = futures_lite::future::zip(producer, consumer).await;
+    match outcome {
+        Ok((columns, truncated)) => {
+            let rows = sent.saturating_sub(1);
+            let text = format!(
+                "{rows} row(s) of {} column(s) from `{}` streamed{}",
+                columns.len(),
+                db.name,
+                if truncated {
+                    "; more rows were left (max_stream_items)"
+                } else {
+                    ""
+                }
+            );
+            ToolResult::structured(
+                json!({"db": db.name, "columns": columns, "rows": [], "streamed": rows, "truncated": truncated}),
+                text,
+            )
+        }
+        Err(e) => db_error(e, cx, start),
+    }
+}
+
+/// What a row consumer says after each row.
+enum Step {
+    More,
+    /// Enough: stop and mark the result truncated.
+    Full,
+    /// Nobody reads on: stop the query.
+    Stop,
+}
+
+/// Runs one read-only statement and hands each row to `on_row` (with the column
+/// names), up to `max_rows`. Returns the column names and whether rows were left.
+fn query_each(
+    c: &Conn,
+    sql: &str,
+    params: &Params,
+    max_rows: usize,
+    on_row: &mut dyn FnMut(&[String], Vec<Value>) -> Step,
+) -> Result<(Vec<String>, bool), DbError> {
     let mut stmt = c.conn.prepare_cached(sql).map_err(|e| c.error(e))?;
     if !stmt.readonly() {
         stmt.discard();
@@ -140,27 +257,24 @@ fn query(c: &Conn, sql: &str, params: &Params, max_rows: usize) -> Result<Rows, 
         }
     }
     let columns: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
-    let mut rows = Vec::new();
-    let mut bytes = 0usize;
-    let mut truncated = false;
+    let mut count = 0usize;
     let mut raw = stmt.raw_query();
     while let Some(row) = raw.next().map_err(|e| c.error(e))? {
-        if rows.len() == max_rows || bytes > MAX_RESULT_BYTES {
-            truncated = true;
-            break;
+        if count == max_rows {
+            return Ok((columns, true));
         }
         let values: Vec<Value> = (0..columns.len())
             .map(|i| row.get_ref(i).map(to_json))
             .collect::<Result<_, _>>()
             .map_err(|e| c.error(e))?;
-        bytes += values.iter().map(approx_size).sum::<usize>();
-        rows.push(values);
+        count += 1;
+        match on_row(&columns, values) {
+            Step::More => {}
+            Step::Full => return Ok((columns, true)),
+            Step::Stop => return Err(DbError::Cancelled),
+        }
     }
-    Ok(Rows {
-        columns,
-        rows,
-        truncated,
-    })
+    Ok((columns, false))
 }
 
 /// Maps a failed database call to its result.
@@ -248,6 +362,10 @@ impl QueryDb {
                             }},
                         },
                         "truncated": {"type": "boolean"},
+                        "streamed": {
+                            "type": "integer",
+                            "description": "rows sent as NDJSON lines instead of in `rows` (direct API streaming only)",
+                        },
                     },
                     "required": ["db", "columns", "rows", "truncated"],
                 })),
@@ -285,6 +403,9 @@ impl Tool for QueryDb {
                 Ok(p) => p,
                 Err(e) => return e,
             };
+            if let Some(sink) = cx.sink {
+                return stream_rows(cx, sink, db, sql, params, start).await;
+            }
             let outcome = db
                 .run(&limits(cx), move |c| query(c, &sql, &params, max_rows))
                 .await;

@@ -185,6 +185,18 @@ impl Conn {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
+        self.request_no_wait(method, path, headers, body);
+        self.read_response()
+    }
+
+    /// Sends a request without reading its answer.
+    pub fn request_no_wait(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) {
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\n",
             body.len()
@@ -196,7 +208,6 @@ impl Conn {
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body);
         self.send_raw(&bytes);
-        self.read_response()
     }
 
     fn fill(&mut self) -> usize {

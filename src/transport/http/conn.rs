@@ -332,7 +332,9 @@ impl Conn {
         }
         // Answers to a pipelined burst are gathered into one write, up to a bound
         // in bytes and in answers (limits.max_pipelined).
-        if self.wbuf.len() >= WRITE_FLUSH_BYTES || self.pending >= self.shard.config.limits.max_pipelined {
+        if self.wbuf.len() >= WRITE_FLUSH_BYTES
+            || self.pending >= self.shard.config.limits.max_pipelined
+        {
             self.flush().await?;
         }
         Ok(Next::KeepGoing)
