@@ -205,28 +205,17 @@ impl Conn {
                 return self.refuse_body(&head).await;
             }
             if head.expect_continue && self.end - self.start < head.len + n {
-                self.wbuf
-                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                self.flush().await?;
+                self.send_continue().await?;
             }
             while self.end - self.start < head.len + n {
-                match self.read_more(body_deadline, max_buffer).await {
-                    Ok(0) => return Ok(Next::Close),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == ErrorKind::TimedOut => {
-                        return self
-                            .refuse(408, "request body did not arrive in time")
-                            .await
-                    }
-                    Err(_) => return Ok(Next::Close),
+                if let Some(next) = self.read_body(body_deadline, max_buffer).await? {
+                    return Ok(next);
                 }
             }
             (true, head.len + n)
         } else if head.chunked {
             if head.expect_continue {
-                self.wbuf
-                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                self.flush().await?;
+                self.send_continue().await?;
             }
             let mut decoder = Chunked::default();
             self.body.clear();
@@ -252,18 +241,11 @@ impl Conn {
                     .copy_within(self.start + rel..self.end, self.start + head.len);
                 self.end -= rel - head.len;
                 rel = head.len;
-                match self
-                    .read_more(body_deadline, head.len + READ_CHUNK * 4)
-                    .await
+                if let Some(next) = self
+                    .read_body(body_deadline, head.len + READ_CHUNK * 4)
+                    .await?
                 {
-                    Ok(0) => return Ok(Next::Close),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == ErrorKind::TimedOut => {
-                        return self
-                            .refuse(408, "request body did not arrive in time")
-                            .await
-                    }
-                    Err(_) => return Ok(Next::Close),
+                    return Ok(next);
                 }
             }
             (false, rel)
@@ -338,6 +320,27 @@ impl Conn {
             self.flush().await?;
         }
         Ok(Next::KeepGoing)
+    }
+
+    /// The interim answer a client sending `Expect: 100-continue` waits for.
+    async fn send_continue(&mut self) -> std::io::Result<()> {
+        self.wbuf
+            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        self.flush().await
+    }
+
+    /// Reads more of a body. `Some(next)`: the request ended here (the client
+    /// left, or was too slow and got 408) and the connection goes that way.
+    async fn read_body(&mut self, deadline: Instant, cap: usize) -> std::io::Result<Option<Next>> {
+        match self.read_more(deadline, cap).await {
+            Ok(0) => Ok(Some(Next::Close)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == ErrorKind::TimedOut => self
+                .refuse(408, "request body did not arrive in time")
+                .await
+                .map(Some),
+            Err(_) => Ok(Some(Next::Close)),
+        }
     }
 
     /// Appends bytes read while a call ran (the client's next pipelined request).

@@ -267,14 +267,8 @@ pub async fn stream_ndjson(
     keep_alive: bool,
 ) -> io::Result<bool> {
     let limits = &shard.config.limits;
-    let mut head = Vec::with_capacity(160);
-    head.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\ncache-control: no-store\r\n",
-    );
-    if !keep_alive {
-        head.extend_from_slice(b"connection: close\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
+    let mut head = Vec::with_capacity(192);
+    frame::write_stream_head(&mut head, "application/x-ndjson", keep_alive);
     shard.m().status(200);
     stream.write_all(&head).await?;
 
@@ -343,14 +337,12 @@ pub async fn stream_ndjson(
     let mut buf = serde_json::to_vec(&Value::Object(last)).expect("serialising cannot fail");
     buf.push(b'\n');
     write_chunk(stream, &buf).await?;
-    stream.write_all(b"0\r\n\r\n").await?;
+    stream.write_all(frame::LAST_CHUNK).await?;
     Ok(keep_alive)
 }
 
 async fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
     let mut framed = Vec::with_capacity(data.len() + 12);
-    framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    framed.extend_from_slice(data);
-    framed.extend_from_slice(b"\r\n");
+    frame::write_chunk(&mut framed, &[data]);
     stream.write_all(&framed).await
 }

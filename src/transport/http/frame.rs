@@ -337,6 +337,41 @@ pub fn write_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends the head of a 200 response whose body follows in chunks.
+pub fn write_stream_head(out: &mut Vec<u8>, content_type: &str, keep_alive: bool) {
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: ");
+    out.extend_from_slice(content_type.as_bytes());
+    // no-store: a stream is one answer to one request; x-accel-buffering: a proxy
+    // passes each chunk on as it comes.
+    out.extend_from_slice(
+        b"\r\ncache-control: no-store\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n",
+    );
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one chunk of a chunked body holding `parts` back to back.
+pub fn write_chunk(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    assert!(len > 0, "an empty chunk would end the body");
+    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The chunk that ends a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// True when a `Content-Type` value is `application/json` (parameters allowed).
+pub fn is_json(content_type: &[u8]) -> bool {
+    let mime = content_type.split(|b| *b == b';').next().unwrap_or(b"");
+    mime.trim_ascii().eq_ignore_ascii_case(b"application/json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

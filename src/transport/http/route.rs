@@ -33,18 +33,6 @@ pub async fn respond(
     out: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> Option<Streaming> {
-    route(shard, buf, head, body, keep_alive, out, scratch).await
-}
-
-async fn route(
-    shard: &Shard,
-    buf: &[u8],
-    head: &Head,
-    body: &[u8],
-    keep_alive: bool,
-    out: &mut Vec<u8>,
-    scratch: &mut Vec<u8>,
-) -> Option<Streaming> {
     let field = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &buf[r]);
     let full_path = &buf[head.path.clone()];
     let path = full_path.split(|b| *b == b'?').next().unwrap_or(b"");
@@ -88,11 +76,7 @@ async fn route(
             direct::write_error(out, 405, "the direct API takes POST", keep_alive);
             return None;
         }
-        let json_or_none = body.is_empty()
-            || field(&head.content_type).is_some_and(|ct| {
-                let mime = ct.split(|b| *b == b';').next().unwrap_or(b"");
-                mime.trim_ascii().eq_ignore_ascii_case(b"application/json")
-            });
+        let json_or_none = body.is_empty() || field(&head.content_type).is_some_and(frame::is_json);
         if !json_or_none {
             direct::write_error(
                 out,
@@ -173,10 +157,7 @@ async fn mcp_post(
     json: &mut Vec<u8>,
 ) -> Option<Streaming> {
     let field = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &buf[r]);
-    let is_json = field(&head.content_type).is_some_and(|ct| {
-        let mime = ct.split(|b| *b == b';').next().unwrap_or(b"");
-        mime.trim_ascii().eq_ignore_ascii_case(b"application/json")
-    });
+    let is_json = field(&head.content_type).is_some_and(frame::is_json);
     if !is_json {
         write_plain_error(
             out,

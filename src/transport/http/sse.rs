@@ -2,14 +2,14 @@
 //!
 //! The answer is one SSE stream per request: rate-limited `notifications/progress`
 //! events while the tool works, then the response event, and the stream ends. It
-//! is sent with chunked transfer coding so the connection stays reusable, and with
-//! `x-accel-buffering: no` so a proxy passes events on as they come.
+//! is sent with chunked transfer coding so the connection stays reusable.
 
 use std::io;
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use super::frame;
 use crate::dispatch::{self, AsyncEmit, ProgressJob};
 use crate::shard::Shard;
 
@@ -43,13 +43,7 @@ pub async fn stream_progress(
     keep_alive: bool,
 ) -> io::Result<bool> {
     let mut head = Vec::with_capacity(192);
-    head.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-store\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n",
-    );
-    if !keep_alive {
-        head.extend_from_slice(b"connection: close\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
+    frame::write_stream_head(&mut head, "text/event-stream", keep_alive);
     shard.m().status(200);
     stream.write_all(&head).await?;
     let mut events = Events {
@@ -57,6 +51,6 @@ pub async fn stream_progress(
         frame: Vec::new(),
     };
     dispatch::call_with_progress(shard, job, &mut events).await?;
-    events.stream.write_all(b"0\r\n\r\n").await?;
+    events.stream.write_all(frame::LAST_CHUNK).await?;
     Ok(keep_alive)
 }
