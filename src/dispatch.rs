@@ -556,11 +556,14 @@ fn tools_list(
     params: &Params<'_>,
     out: &mut Vec<u8>,
 ) -> Outcome {
-    let start = match params.cursor.as_deref() {
+    let pages = shard
+        .tool_pages
+        .get_or_init(|| ToolPages::render(&shard.tools, shard.config.limits.tools_page_size));
+    let index = match params.cursor.as_deref() {
         None => 0,
-        Some(c) => match c.parse::<usize>() {
-            Ok(n) if n < shard.tools.len() => n,
-            _ => {
+        Some(c) => match pages.page_of(c) {
+            Some(i) => i,
+            None => {
                 return reply_error(
                     out,
                     Some(id),
@@ -572,26 +575,68 @@ fn tools_list(
             }
         },
     };
-    let page = shard.config.limits.tools_page_size.max(1);
-    let end = (start + page).min(shard.tools.len());
-    let tools: Vec<Value> = shard
-        .tools
-        .tools()
-        .skip(start)
-        .take(end - start)
-        .map(|t| t.spec().to_json())
-        .collect();
-    let mut result = Map::new();
-    result.insert("tools".into(), Value::Array(tools));
-    if end < shard.tools.len() {
-        result.insert("nextCursor".into(), Value::String(end.to_string()));
-    }
-    let mut result = Value::Object(result);
-    if era == Era::Stateless {
-        stateless_result(&mut result, true);
-    }
-    write_value(out, id, &result);
+    let page = &pages.pages[index];
+    let result = if era == Era::Stateless {
+        &page.stateless
+    } else {
+        &page.handshake
+    };
+    jsonrpc::write_result(out, id, result);
     Outcome::ok()
+}
+
+/// `tools/list` results, rendered once per shard: the tool set is fixed while the
+/// process runs, and building the list per request cost more than the rest of
+/// the request together.
+pub struct ToolPages {
+    pages: Vec<RenderedPage>,
+    page_size: usize,
+}
+
+struct RenderedPage {
+    handshake: Vec<u8>,
+    stateless: Vec<u8>,
+}
+
+impl ToolPages {
+    fn render(tools: &crate::tools::Registry, page_size: usize) -> ToolPages {
+        let page_size = page_size.max(1);
+        let all: Vec<Value> = tools.tools().map(|t| t.spec().to_json()).collect();
+        let mut pages = Vec::new();
+        let mut start = 0;
+        loop {
+            let end = (start + page_size).min(all.len());
+            let mut result = Map::new();
+            result.insert("tools".into(), Value::Array(all[start..end].to_vec()));
+            if end < all.len() {
+                result.insert("nextCursor".into(), Value::String(end.to_string()));
+            }
+            let handshake = Value::Object(result);
+            let mut stateless = handshake.clone();
+            stateless_result(&mut stateless, true);
+            pages.push(RenderedPage {
+                handshake: serde_json::to_vec(&handshake).expect("serialising cannot fail"),
+                stateless: serde_json::to_vec(&stateless).expect("serialising cannot fail"),
+            });
+            if end >= all.len() {
+                break;
+            }
+            start = end;
+        }
+        assert!(
+            !pages.is_empty(),
+            "an empty tool set still has one (empty) page"
+        );
+        ToolPages { pages, page_size }
+    }
+
+    /// The page a cursor we issued points at (cursors are the index of the page's
+    /// first tool).
+    fn page_of(&self, cursor: &str) -> Option<usize> {
+        let first: usize = cursor.parse().ok()?;
+        let page = first / self.page_size;
+        (first > 0 && first % self.page_size == 0 && page < self.pages.len()).then_some(page)
+    }
 }
 
 async fn tools_call(
@@ -1073,6 +1118,7 @@ mod tests {
                 metrics: Arc::new(crate::metrics::Metrics::new(vec!["boom"], 1, None)),
                 draining: Default::default(),
                 busy: Default::default(),
+                tool_pages: Default::default(),
             };
             let via = Via::Stdio {
                 negotiated: Some(3),

@@ -37,6 +37,8 @@ pub struct Shard {
     /// Requests read whose responses are not yet written to their sockets; the
     /// shard exits on shutdown once this is 0 (or the deadline passes).
     pub busy: std::cell::Cell<usize>,
+    /// `tools/list` answers, rendered on first use.
+    pub tool_pages: std::cell::OnceCell<crate::dispatch::ToolPages>,
 }
 
 impl Shard {
@@ -60,6 +62,7 @@ impl Shard {
             metrics,
             draining: std::cell::Cell::new(false),
             busy: std::cell::Cell::new(0),
+            tool_pages: std::cell::OnceCell::new(),
         })
     }
 
