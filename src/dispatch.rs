@@ -554,23 +554,29 @@ fn tools_list(
     };
     let page = shard.config.limits.tools_page_size.max(1);
     let end = (start + page).min(shard.tools.len());
-    let tools: Vec<Value> = shard
-        .tools
-        .tools()
-        .skip(start)
-        .take(end - start)
-        .map(|t| t.spec().to_json())
-        .collect();
-    let mut result = Map::new();
-    result.insert("tools".into(), Value::Array(tools));
-    if end < shard.tools.len() {
-        result.insert("nextCursor".into(), Value::String(end.to_string()));
-    }
-    let mut result = Value::Object(result);
-    if era == Era::Stateless {
-        stateless_result(&mut result, true);
-    }
-    write_value(out, id, &result);
+    // The tool set is fixed for the life of the process: each page is built and
+    // serialised once per shard, then copied.
+    let stateless = era == Era::Stateless;
+    let result = shard.tools.listing((start, end, stateless), || {
+        let tools: Vec<Value> = shard
+            .tools
+            .tools()
+            .skip(start)
+            .take(end - start)
+            .map(|t| t.spec().to_json())
+            .collect();
+        let mut result = Map::new();
+        result.insert("tools".into(), Value::Array(tools));
+        if end < shard.tools.len() {
+            result.insert("nextCursor".into(), Value::String(end.to_string()));
+        }
+        let mut result = Value::Object(result);
+        if stateless {
+            stateless_result(&mut result, true);
+        }
+        serde_json::to_vec(&result).expect("a Value always serialises")
+    });
+    jsonrpc::write_result(out, id, &result);
     Outcome::ok()
 }
 

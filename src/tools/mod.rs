@@ -13,8 +13,10 @@ pub mod read_file;
 pub mod read_multiple_files;
 pub mod search_code;
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -186,6 +188,8 @@ pub trait Tool {
 /// are deterministic.
 pub struct Registry {
     tools: Vec<Box<dyn Tool>>,
+    /// Serialised `tools/list` pages, by (start, end, stateless era).
+    listings: RefCell<Vec<((usize, usize, bool), Rc<[u8]>)>>,
 }
 
 impl Registry {
@@ -214,7 +218,21 @@ impl Registry {
                 "input schemas are objects"
             );
         }
-        Registry { tools }
+        Registry {
+            tools,
+            listings: RefCell::default(),
+        }
+    }
+
+    /// A `tools/list` result page, built by `build` the first time it is asked
+    /// for: the tools never change while the process runs, so neither does it.
+    pub fn listing(&self, key: (usize, usize, bool), build: impl FnOnce() -> Vec<u8>) -> Rc<[u8]> {
+        if let Some((_, page)) = self.listings.borrow().iter().find(|(k, _)| *k == key) {
+            return page.clone();
+        }
+        let page: Rc<[u8]> = build().into();
+        self.listings.borrow_mut().push((key, page.clone()));
+        page
     }
 
     pub fn get(&self, name: &str) -> Option<&dyn Tool> {
