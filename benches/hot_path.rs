@@ -134,6 +134,14 @@ fn storage_and_tools(c: &mut Criterion) {
             "read_file",
             http_request("tools/call", Some(("read_file", read.clone()))),
         ),
+        // 1 MiB file: read_file answers its first 256 KiB (MAX_READ_BYTES).
+        (
+            "read_file_256k",
+            http_request(
+                "tools/call",
+                Some(("read_file", json!({"path": "big.txt"}))),
+            ),
+        ),
         (
             "query_db",
             http_request("tools/call", Some(("query_db", lookup.clone()))),
