@@ -86,6 +86,17 @@ pub async fn read_excerpt(
             "offset {offset} is past the end of `{display}`, which has {total_lines} lines"
         )));
     }
+    if offset == 1 && limit.is_none_or(|l| l >= total_lines) && text.len() <= cap {
+        // The whole file, the common call: no need to walk it line by line.
+        return Ok(Excerpt {
+            display,
+            text: text.to_string(),
+            first: 1,
+            last: total_lines,
+            total_lines,
+            truncated: false,
+        });
+    }
     let start = line_start(text, offset);
     let wanted = limit.unwrap_or(usize::MAX);
     let mut end = start;
@@ -195,8 +206,9 @@ impl Tool for ReadFile {
             };
             match read_excerpt(cx, &path, offset, limit, MAX_READ_BYTES).await {
                 Ok(ex) => {
-                    let mut text = ex.text.clone();
-                    if let Some(note) = ex.note() {
+                    let note = ex.note();
+                    let mut text = ex.text;
+                    if let Some(note) = note {
                         if !text.is_empty() && !text.ends_with('\n') {
                             text.push('\n');
                         }

@@ -1,0 +1,221 @@
+//! The request path piece by piece: HTTP head parsing, the file cache (the `stat`
+//! a hit pays, then a whole hit), and the three hot tools on a real shard over a
+//! 2,000-file corpus and a 100,000-row database; then `respond`, the whole path
+//! from request bytes to response bytes without the socket.
+//!
+//! `cargo bench --bench hot_path` (builds its corpus in a temp dir first).
+//! Metrics recording is measured in the metrics module's own bench once it lands.
+
+use std::time::{Duration, Instant};
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use glommio::LocalExecutor;
+use serde_json::{json, Value};
+
+use coremcp::shard::Shard;
+use coremcp::tools::{CallContext, CancelFlag, Tool};
+use coremcp::transport::http::{frame, route};
+
+#[path = "fixture/mod.rs"]
+mod fixture;
+
+const META: &str = r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"bench","version":"1.0"}}"#;
+
+/// A stateless (2026-07-28) POST /mcp as a client sends it.
+pub fn http_request(method: &str, tool: Option<(&str, Value)>) -> Vec<u8> {
+    let meta: Value = serde_json::from_str(META).unwrap();
+    let body = match &tool {
+        Some((name, args)) => json!({"jsonrpc":"2.0","id":1,"method":method,
+            "params":{"name":name,"arguments":args,"_meta":meta}}),
+        None => json!({"jsonrpc":"2.0","id":1,"method":method,"params":{"_meta":meta}}),
+    }
+    .to_string();
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:7411\r\nUser-Agent: bench\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: {method}\r\n"
+    );
+    if let Some((name, _)) = &tool {
+        req.push_str(&format!("Mcp-Name: {name}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    req.into_bytes()
+}
+
+/// Times `iters` runs of an async routine on a fresh glommio executor (its set-up
+/// is outside the timing), so code that awaits the reactor measures honestly.
+fn on_executor<F, Fut>(iters: u64, mut routine: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    LocalExecutor::default().run(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            routine().await;
+        }
+        start.elapsed()
+    })
+}
+
+async fn call(shard: &Shard, name: &str, args: &Value) -> bool {
+    let tool: &dyn Tool = shard.tools.get(name).unwrap();
+    let cx = CallContext {
+        shard,
+        deadline: Instant::now() + Duration::from_secs(30),
+        cancel: CancelFlag::default(),
+        sink: None,
+        progress: None,
+    };
+    let Value::Object(args) = args.clone() else {
+        unreachable!()
+    };
+    tool.call(&cx, args).await.is_error
+}
+
+fn http(c: &mut Criterion) {
+    let req = http_request(
+        "tools/call",
+        Some(("read_file", json!({"path":"small.txt"}))),
+    );
+    let mut g = c.benchmark_group("http");
+    g.bench_function("parse_head", |b| {
+        b.iter(|| black_box(frame::parse_head(black_box(&req), 64).unwrap().unwrap()))
+    });
+    g.finish();
+}
+
+fn storage_and_tools(c: &mut Criterion) {
+    let corpus = fixture::corpus(true);
+    let shard = shard_for(&corpus);
+    let small = corpus.root.join("small.txt");
+
+    let mut g = c.benchmark_group("file_cache");
+    // Formerly the `#[ignore] stat_cost` pseudo-test: the stat every hit pays.
+    g.bench_function("stat", |b| {
+        b.iter(|| black_box(std::fs::metadata(black_box(&small)).unwrap()))
+    });
+    g.bench_function("hit_2kib", |b| {
+        b.iter_custom(|iters| {
+            on_executor(iters, || async {
+                black_box(shard.storage.files.read(&small).await.unwrap());
+            })
+        })
+    });
+    g.finish();
+
+    let read = json!({"path": "small.txt"});
+    let lookup = json!({"sql": "SELECT id, sku, name, price, qty FROM items WHERE sku = ?1",
+                        "params": [fixture::sku(4242)]});
+    let search = json!({"query": "needle_marker", "path": "src"});
+    let mut g = c.benchmark_group("tool");
+    for (name, tool, args) in [
+        ("read_file_small", "read_file", &read),
+        ("query_db_point_lookup", "query_db", &lookup),
+        ("search_code_2000_files", "search_code", &search),
+    ] {
+        assert!(
+            !LocalExecutor::default().run(call(&shard, tool, args)),
+            "{name} fails"
+        );
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                on_executor(iters, || async {
+                    black_box(call(&shard, tool, args).await);
+                })
+            })
+        });
+    }
+    g.finish();
+
+    // The whole path without the socket: head, routing, JSON-RPC, dispatch, the
+    // tool, the response.
+    let mut g = c.benchmark_group("respond");
+    let cases = [
+        (
+            "read_file",
+            http_request("tools/call", Some(("read_file", read.clone()))),
+        ),
+        // 1 MiB file: read_file answers its first 256 KiB (MAX_READ_BYTES).
+        (
+            "read_file_256k",
+            http_request(
+                "tools/call",
+                Some(("read_file", json!({"path": "big.txt"}))),
+            ),
+        ),
+        (
+            "query_db",
+            http_request("tools/call", Some(("query_db", lookup.clone()))),
+        ),
+        (
+            "search_code",
+            http_request("tools/call", Some(("search_code", search.clone()))),
+        ),
+        ("tools_list", http_request("tools/list", None)),
+    ];
+    for (name, req) in &cases {
+        let head = frame::parse_head(req, 64).unwrap().unwrap();
+        let body = &req[head.len..];
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        LocalExecutor::default().run(route::respond(
+            &shard,
+            req,
+            &head,
+            body,
+            true,
+            &mut out,
+            &mut scratch,
+        ));
+        assert!(
+            out.starts_with(b"HTTP/1.1 200"),
+            "{name}: {}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(!frame_contains(&out, b"\"isError\":true"), "{name} fails");
+        g.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                LocalExecutor::default().run(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let head = frame::parse_head(req, 64).unwrap().unwrap();
+                        out.clear();
+                        route::respond(
+                            &shard,
+                            req,
+                            &head,
+                            &req[head.len..],
+                            true,
+                            &mut out,
+                            &mut scratch,
+                        )
+                        .await;
+                        black_box(&out);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+    drop(shard);
+    drop(corpus);
+}
+
+fn frame_contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn shard_for(corpus: &fixture::Corpus) -> Shard {
+    fixture::shard(&corpus.root, Some(&corpus.db))
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    targets = http, storage_and_tools
+}
+criterion_main!(benches);

@@ -1,0 +1,318 @@
+#!/usr/bin/env bash
+# One command: coremcp side by side with the official Rust SDK (rmcp) and a
+# hello-world ceiling, under the same load, pinned, on loopback.
+#
+#   scripts/bench.sh
+#
+# Builds everything in release, generates the fixture (scripts/gen_fixture.py),
+# installs wrk (apt) and oha (cargo install --locked) if missing, then for each
+# workload (read_file, query_db, search_code, tools/list) and server:
+#   * closed loop: wrk, BENCH_CONNECTIONS connections, BENCH_SECONDS seconds;
+#   * fixed rate: oha at half of coremcp's (1 shard) closed-loop maximum, with
+#     coordinated-omission correction (--latency-correction);
+# checks first that one sample request answers 200 with a JSON-RPC result, and
+# that wrk saw no non-2xx answers or socket errors. Prints a markdown table and
+# writes it to bench-results/latest.md.
+#
+# Environment (defaults in brackets):
+#   BENCH_PORT [7411]           port on 127.0.0.1; refuses to run if it is taken
+#   BENCH_SECONDS [10]          seconds per measured run (plus a 2 s warm-up)
+#   BENCH_CONNECTIONS [64]      connections (closed loop and fixed rate)
+#   BENCH_SERVER_CPU [1]        CPU of the one-shard server and of the peers
+#   BENCH_LOAD_CPU [0]          CPU of the load generators
+#   BENCH_SHARDS2_CPUS [0,1]    CPUs of the two-shard run ("" to skip it)
+#   BENCH_FIXTURE [target/bench-fixture]
+#   BENCH_WORKLOADS [read_file query_db search_code tools_list]
+#   BENCH_SERVERS [coremcp rmcp hello coremcp2]
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+PORT=${BENCH_PORT:-7411}
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+CONNS=${BENCH_CONNECTIONS:-64}
+SERVER_CPU=${BENCH_SERVER_CPU:-1}
+LOAD_CPU=${BENCH_LOAD_CPU:-0}
+SHARDS2_CPUS=${BENCH_SHARDS2_CPUS-0,1}
+FIXTURE=${BENCH_FIXTURE:-$REPO/target/bench-fixture}
+WORKLOADS=${BENCH_WORKLOADS:-read_file query_db search_code tools_list}
+SERVERS=${BENCH_SERVERS:-coremcp rmcp hello coremcp2}
+URL="http://127.0.0.1:$PORT/mcp"
+WORK=$(mktemp -d /tmp/coremcp-bench.XXXXXX)
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "bench.sh: $*"; exit 1; }
+
+# ---------------------------------------------------------------- cleanup
+SERVER_PID=""
+LOAD_PID=""
+cleanup() {
+    for pid in $LOAD_PID $SERVER_PID; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_taken() { [ -n "$(ss -Hltn "sport = :$PORT")" ]; }
+
+# ---------------------------------------------------------------- tools
+command -v python3 >/dev/null || die "python3 is needed for the fixture and the table"
+command -v curl >/dev/null || die "curl is needed for the sample checks"
+command -v ss >/dev/null || die "ss (iproute2) is needed to check the port"
+command -v taskset >/dev/null || die "taskset (util-linux) is needed for pinning"
+if ! command -v wrk >/dev/null; then
+    say "installing wrk (apt-get)…"
+    apt-get update -qq && apt-get install -y -qq wrk >/dev/null || die "cannot install wrk"
+fi
+if ! command -v oha >/dev/null; then
+    say "installing oha (cargo install oha --locked)…"
+    cargo install oha --locked >/dev/null 2>&1 || die "cannot install oha"
+fi
+
+port_taken && die "port $PORT is taken (ss -ltnp says so); SO_REUSEPORT would split the traffic. Stop that process or set BENCH_PORT."
+[ "$(nproc)" -gt "$SERVER_CPU" ] || die "BENCH_SERVER_CPU=$SERVER_CPU but nproc is $(nproc)"
+
+# Other builds on the machine skew every number: note them (not fatal).
+QUIET="yes"
+if pgrep -x cargo >/dev/null || pgrep -x rustc >/dev/null; then
+    QUIET="no: cargo/rustc processes were running"
+    say "warning: cargo/rustc processes are running; numbers will be low"
+fi
+
+# ---------------------------------------------------------------- build
+say "building (release)…"
+cargo build --release --quiet
+cargo build --release --quiet --manifest-path benches/peers/rmcp/Cargo.toml
+cargo build --release --quiet --manifest-path benches/peers/hello/Cargo.toml
+COREMCP=$REPO/target/release/coremcp
+RMCP_PEER=$REPO/benches/peers/rmcp/target/release/rmcp-peer
+HELLO=$REPO/benches/peers/hello/target/release/hello-peer
+
+# ---------------------------------------------------------------- fixture
+if [ ! -f "$FIXTURE/.stamp" ]; then
+    say "generating the fixture in $FIXTURE…"
+    python3 scripts/gen_fixture.py "$FIXTURE"
+    # ctimes are "now": wait out the caches' 2 s racily-clean window.
+    sleep 3
+fi
+DB=$FIXTURE/bench.db
+
+# ---------------------------------------------------------------- workloads
+META='"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"bench","version":"1.0"}}'
+SKU=$(python3 -c 'print("SKU-%07d" % ((4242 * 7919) % 1000003))')
+body_of() {
+    case $1 in
+    read_file) echo '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"small.txt"},'"$META"'}}' ;;
+    query_db) echo '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"query_db","arguments":{"sql":"SELECT id, sku, name, price, qty FROM items WHERE sku = ?1","params":["'"$SKU"'"]},'"$META"'}}' ;;
+    search_code) echo '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_code","arguments":{"query":"needle_marker","path":"src"},'"$META"'}}' ;;
+    tools_list) echo '{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{'"$META"'}}' ;;
+    esac
+}
+# Header lines, one per line, as "Name: value".
+headers_of() {
+    echo "Content-Type: application/json"
+    echo "Accept: application/json, text/event-stream"
+    echo "MCP-Protocol-Version: 2026-07-28"
+    case $1 in
+    tools_list) echo "Mcp-Method: tools/list" ;;
+    *) echo "Mcp-Method: tools/call"; echo "Mcp-Name: $1" ;;
+    esac
+}
+
+write_lua() { # workload file
+    {
+        echo 'wrk.method = "POST"'
+        echo "wrk.body = [==[$(body_of "$1")]==]"
+        headers_of "$1" | while IFS= read -r h; do
+            printf 'wrk.headers["%s"] = "%s"\n' "${h%%: *}" "${h#*: }"
+        done
+        cat <<'LUA'
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRK requests=%d duration_us=%d non2xx=%d sockerr=%d p50=%d p99=%d p999=%d\n",
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+LUA
+    } >"$2"
+}
+
+# ---------------------------------------------------------------- servers
+start_server() { # kind
+    local cpus=$SERVER_CPU
+    case $1 in
+    coremcp) cmd=("$COREMCP" serve --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
+    coremcp2)
+        cpus=$SHARDS2_CPUS
+        cmd=("$COREMCP" serve --listen "127.0.0.1:$PORT" --shards 2 --cpus "$SHARDS2_CPUS" --root "$FIXTURE" --db "$DB") ;;
+    rmcp) cmd=("$RMCP_PEER" --listen "127.0.0.1:$PORT" --root "$FIXTURE" --db "$DB") ;;
+    hello) cmd=("$HELLO" "127.0.0.1:$PORT") ;;
+    esac
+    port_taken && die "port $PORT was taken by something else"
+    taskset -c "$cpus" "${cmd[@]}" >"$WORK/server-$1.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        port_taken && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server-$1.log" >&2; die "$1 exited at start"; }
+        sleep 0.05
+    done
+    die "$1 did not start listening on $PORT"
+}
+
+stop_server() {
+    local hwm
+    hwm=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+    for _ in $(seq 100); do port_taken || break; sleep 0.05; done
+    echo "${hwm:-0}"
+}
+
+# One request with curl: 200, a JSON-RPC result, not a tool error.
+check_sample() { # kind workload
+    local hdrs=() h
+    while IFS= read -r h; do hdrs+=(-H "$h"); done < <(headers_of "$2")
+    local out status
+    out=$(curl -sS -o "$WORK/sample.json" -w '%{http_code}' "${hdrs[@]}" --data-binary "$(body_of "$2")" "$URL") || return 1
+    status=$out
+    python3 - "$WORK/sample.json" "$status" "$1" "$2" <<'PY' >&2
+import json, sys
+path, status, kind, workload = sys.argv[1:]
+body = open(path, "rb").read()
+try:
+    msg = json.loads(body)
+except Exception as e:
+    sys.exit(f"{kind}/{workload}: not JSON ({e}): {body[:200]!r}")
+if status != "200" or "result" not in msg:
+    sys.exit(f"{kind}/{workload}: HTTP {status}, body {body[:300]!r}")
+r = msg["result"]
+if r.get("isError"):
+    sys.exit(f"{kind}/{workload}: tool error: {body[:300]!r}")
+if kind != "hello":
+    if workload == "tools_list":
+        assert len(r["tools"]) >= 3, r
+    else:
+        text = r["content"][0]["text"]
+        want = {"read_file": None, "query_db": "SKU-", "search_code": "needle_marker"}[workload]
+        if want and want not in text:
+            sys.exit(f"{kind}/{workload}: unexpected answer: {text[:200]!r}")
+print(f"  sample {kind}/{workload}: 200, {len(body)} bytes, result ok")
+PY
+}
+
+# Closed loop: wrk; appends "rps p50 p99 p999 non2xx sockerr" (µs) to stdout.
+closed_loop() { # workload seconds
+    local lua=$WORK/$1.lua
+    write_lua "$1" "$lua"
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${2}s" --timeout 5s -s "$lua" "$URL" >"$WORK/wrk.out" 2>&1 &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || true
+    LOAD_PID=""
+    awk '/^WRK/ {
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+        printf "%.0f %d %d %d %d %d\n", v["requests"] / (v["duration_us"] / 1e6), v["p50"], v["p99"], v["p999"], v["non2xx"], v["sockerr"]
+    }' "$WORK/wrk.out"
+}
+
+# Fixed rate with coordinated-omission correction: oha; appends
+# "achieved_rps p50 p99 p999 non200" (µs).
+fixed_rate() { # workload rate seconds
+    local hdrs=() h
+    while IFS= read -r h; do hdrs+=(-H "$h"); done < <(headers_of "$1")
+    taskset -c "$LOAD_CPU" oha --no-tui --output-format json -z "${3}s" -c "$CONNS" -q "$2" --latency-correction \
+        -m POST "${hdrs[@]}" -d "$(body_of "$1")" "$URL" >"$WORK/oha.json" 2>"$WORK/oha.err" &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || true
+    LOAD_PID=""
+    python3 - "$WORK/oha.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+p = d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+# Requests still in flight when the run ends are "aborted due to deadline": not errors.
+errors = {k: n for k, n in d.get("errorDistribution", {}).items() if "aborted due to deadline" not in k}
+bad = sum(n for c, n in codes.items() if c != "200") + sum(errors.values())
+us = lambda s: round((s or 0) * 1e6)
+print(round(d["summary"]["requestsPerSec"]), us(p["p50"]), us(p["p99"]), us(p["p99.9"]), bad)
+PY
+}
+
+declare -A HALF
+for kind in $SERVERS; do
+    [ "$kind" = coremcp2 ] && [ -z "$SHARDS2_CPUS" ] && continue
+    for w in $WORKLOADS; do
+        # The ceiling answers every workload the same way: measure it once.
+        if [ "$kind" = hello ] && [ "$w" != "$(echo $WORKLOADS | cut -d' ' -f1)" ]; then continue; fi
+        say "== $kind / $w"
+        start_server "$kind"
+        check_sample "$kind" "$w" || die "$kind/$w: the sample request failed; not measuring"
+        closed_loop "$w" 2 >/dev/null # warm-up: caches, connections, page cache
+        read -r rps p50 p99 p999 non2xx sockerr < <(closed_loop "$w" "$SECONDS_PER_RUN")
+        say "   closed loop: $rps req/s, p50 ${p50} µs, p99 ${p99} µs, p99.9 ${p999} µs (non-2xx $non2xx, socket errors $sockerr)"
+        [ "$kind" = coremcp ] && HALF[$w]=$((rps / 2))
+        rate=${HALF[$w]:-0}
+        if [ "$rate" -gt 0 ] && [ "$kind" != coremcp2 ]; then
+            read -r frps fp50 fp99 fp999 fbad < <(fixed_rate "$w" "$rate" "$SECONDS_PER_RUN")
+            say "   fixed $rate req/s: achieved $frps, p50 ${fp50} µs, p99 ${fp99} µs, p99.9 ${fp999} µs (not 200: $fbad)"
+        else
+            frps=- fp50=- fp99=- fp999=- fbad=0
+        fi
+        hwm=$(stop_server)
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+            "$kind" "$w" "$rps" "$p50" "$p99" "$p999" "$non2xx" "$sockerr" \
+            "$rate" "$frps" "$fp50" "$fp99" "$fp999" "$fbad" "$hwm" >>"$RESULTS"
+    done
+done
+
+# ---------------------------------------------------------------- table
+mkdir -p bench-results
+python3 - "$RESULTS" "$SECONDS_PER_RUN" "$CONNS" "$SERVER_CPU" "$LOAD_CPU" "$SHARDS2_CPUS" "$QUIET" <<'PY' | tee bench-results/latest.md
+import sys, subprocess, datetime, platform
+path, secs, conns, scpu, lcpu, cpus2, quiet = sys.argv[1:]
+rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
+R = {}
+for r in rows:
+    R[(r[0], r[1])] = r
+def f(x):
+    try: return float(x)
+    except: return None
+def ms(us):
+    v = f(us)
+    return "–" if v is None else (f"{v/1000:.2f}" if v < 100000 else f"{v/1000:.0f}")
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+print(f"# coremcp load benchmark — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n")
+print(f"Machine: {nproc} vCPU, {cpu}, Linux {platform.release()}. Machine quiet: {quiet}.  ")
+print(f"Loopback, {conns} connections, {secs} s per run after a 2 s warm-up; servers on CPU {scpu} "
+      f"(two shards: CPUs {cpus2 or '–'}), load generator on CPU {lcpu}. "
+      "Latencies in ms. Closed loop: wrk. Fixed rate: oha `-q` at half of coremcp's closed-loop maximum, "
+      "`--latency-correction`. RSS: peak (VmHWM) of the server process.\n")
+print("| workload | server | req/s | p50 | p99 | p99.9 | fixed rate | p50 @rate | p99 @rate | p99.9 @rate | peak RSS MiB | ×peer | ×ceiling |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+ceiling = next((f(r[2]) for (k, w), r in R.items() if k == "hello"), None)
+names = {"coremcp": "coremcp (1 shard)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
+for w in dict.fromkeys(r[1] for r in rows):
+    for k in ("coremcp", "rmcp", "coremcp2", "hello"):
+        r = R.get((k, w))
+        if not r: continue
+        rps = f(r[2]); bad = int(r[6]) + int(r[7]) + int(r[13] if r[13] != "-" else 0)
+        peer = f(R[("rmcp", w)][2]) if ("rmcp", w) in R else None
+        xp = f"{rps/peer:.1f}×" if k.startswith("coremcp") and peer else ""
+        xc = f"{rps/ceiling:.0%}" if k.startswith("coremcp") and ceiling else ""
+        rate = r[8] if r[9] != "-" else "–"
+        achieved = "" if r[9] == "-" or f(r[9]) >= 0.97 * f(r[8]) else f" (got {r[9]})"
+        flag = f" ⚠ {bad} bad" if bad else ""
+        print(f"| {w if k != 'hello' else '(any)'} | {names[k]}{flag} | {rps:,.0f} | {ms(r[3])} | {ms(r[4])} | {ms(r[5])} | "
+              f"{rate}{achieved} | {ms(r[10])} | {ms(r[11])} | {ms(r[12])} | {int(r[14])/1024:.1f} | {xp} | {xc} |")
+print()
+print("A row marked ⚠ saw non-2xx answers or socket errors and must not be trusted.")
+PY
+say "written to bench-results/latest.md"
