@@ -4,7 +4,7 @@ use serde_json::{json, Map, Value};
 
 use super::common::{input_schema, no_unknown_args, opt_int, req_str, resolve};
 use super::{Annotations, CallContext, Tool, ToolFuture, ToolResult, ToolSpec};
-use crate::storage::file_cache::BINARY_SNIFF_BYTES;
+use crate::storage::file_cache::{FileError, BINARY_SNIFF_BYTES};
 
 /// Bytes of file content one answer carries; the rest is left for another call.
 pub const MAX_READ_BYTES: usize = 256 * 1024;
@@ -20,6 +20,9 @@ pub struct Excerpt {
     /// The last line returned (inclusive); `first - 1` when none were.
     pub last: usize,
     pub total_lines: usize,
+    /// `total_lines` is exact; false for files too large to count cheaply, where
+    /// it only says whether more lines follow.
+    pub total_known: bool,
     /// Lines were left out because of the byte cap (not because of `limit`).
     pub truncated: bool,
 }
@@ -27,11 +30,16 @@ pub struct Excerpt {
 impl Excerpt {
     /// What the model needs to read on, appended to the text.
     pub fn note(&self) -> Option<String> {
+        let of = if self.total_known {
+            self.total_lines.to_string()
+        } else {
+            "a file too large to count".to_string()
+        };
         if self.truncated {
             Some(format!(
                 "[… truncated at line {} of {} ({} KiB output cap); call again with offset={}]",
                 self.last,
-                self.total_lines,
+                of,
                 MAX_READ_BYTES / 1024,
                 self.last + 1
             ))
@@ -40,7 +48,7 @@ impl Excerpt {
                 "[lines {}–{} of {}; call again with offset={} for more]",
                 self.first,
                 self.last,
-                self.total_lines,
+                of,
                 self.last + 1
             ))
         } else {
@@ -59,13 +67,23 @@ pub async fn read_excerpt(
     cap: usize,
 ) -> Result<Excerpt, ToolResult> {
     let resolved = resolve(cx, path)?;
-    let file = cx
-        .shard
-        .storage
-        .files
-        .read(&resolved.real)
-        .await
-        .map_err(|e| ToolResult::error(e.describe(&resolved.display)))?;
+    let file = match cx.shard.storage.files.read(&resolved.real).await {
+        Ok(f) => f,
+        Err(FileError::TooLarge(size)) => {
+            // Too large to hold whole: read just the window, off the shard.
+            return read_huge(
+                cx,
+                resolved.real,
+                resolved.display,
+                size,
+                offset,
+                limit,
+                cap,
+            )
+            .await;
+        }
+        Err(e) => return Err(ToolResult::error(e.describe(&resolved.display))),
+    };
     let display = resolved.display;
     let Some(text) = file.text() else {
         let why = if file.is_binary() {
@@ -94,6 +112,7 @@ pub async fn read_excerpt(
             first: 1,
             last: total_lines,
             total_lines,
+            total_known: true,
             truncated: false,
         });
     }
@@ -124,9 +143,124 @@ pub async fn read_excerpt(
         first: offset,
         last,
         total_lines,
+        total_known: true,
         truncated,
     })
 }
+
+/// Reads lines `offset..` of a file too large for the cache, streaming it on the
+/// blocking pool: nothing but the window is kept, and the read stops at the end
+/// of the window, at the deadline, or on cancellation. The line total is not
+/// known without reading the whole file, so the answer says where to read on.
+async fn read_huge(
+    cx: &CallContext<'_>,
+    real: std::path::PathBuf,
+    display: String,
+    size: u64,
+    offset: usize,
+    limit: Option<usize>,
+    cap: usize,
+) -> Result<Excerpt, ToolResult> {
+    use std::io::BufRead;
+    let deadline = cx.deadline;
+    let cancel = cx.cancel.shared();
+    let wanted = limit.unwrap_or(usize::MAX);
+    let window = glommio::executor()
+        .spawn_blocking(move || -> Result<(Vec<u8>, usize, bool, bool), String> {
+            let file = std::fs::File::open(&real).map_err(|e| e.to_string())?;
+            let mut reader = std::io::BufReader::with_capacity(HUGE_READ_BUFFER, file);
+            let sniff = reader.fill_buf().map_err(|e| e.to_string())?;
+            if memchr::memchr(0, &sniff[..sniff.len().min(BINARY_SNIFF_BYTES)]).is_some() {
+                return Err("binary".into());
+            }
+            let (mut line, mut taken, mut text) = (1usize, 0usize, Vec::new());
+            let mut truncated = false;
+            let mut buf = Vec::new();
+            loop {
+                if line % HUGE_CHECK_EVERY_LINES == 0
+                    && (std::time::Instant::now() >= deadline
+                        || cancel.load(std::sync::atomic::Ordering::Acquire))
+                {
+                    return Err("deadline".into());
+                }
+                buf.clear();
+                let n = reader
+                    .read_until(b'\n', &mut buf)
+                    .map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Ok((text, line - 1, truncated, true));
+                }
+                if line >= offset {
+                    if taken == wanted {
+                        return Ok((text, line - 1, truncated, false));
+                    }
+                    if text.len() + buf.len() > cap {
+                        truncated = true;
+                        if taken == 0 {
+                            text.extend_from_slice(&buf[..cap]);
+                            line += 1;
+                        }
+                        return Ok((text, line - 1, truncated, false));
+                    }
+                    text.extend_from_slice(&buf);
+                    taken += 1;
+                }
+                line += 1;
+            }
+        })
+        .await;
+    let (bytes, last, truncated, at_end) = match window {
+        Ok(w) => w,
+        Err(why) if why == "binary" => {
+            return Err(ToolResult::error(format!(
+                "`{display}` looks like a binary file (it has a NUL byte in its first {} KiB); read_file returns text only",
+                BINARY_SNIFF_BYTES / 1024
+            )))
+        }
+        Err(why) if why == "deadline" => {
+            return Err(ToolResult::error(format!(
+                "reading `{display}` ({size} bytes) stopped at the deadline before line {offset}; ask for an earlier offset or use search_code"
+            )))
+        }
+        Err(why) => return Err(ToolResult::error(format!("cannot read `{display}`: {why}"))),
+    };
+    if last < offset && at_end {
+        return Err(ToolResult::error(format!(
+            "offset {offset} is past the end of `{display}`, which has {last} lines"
+        )));
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        // A cut inside a character at the byte cap: drop the partial character.
+        Err(e) if truncated && e.utf8_error().error_len().is_none() => {
+            let valid = e.utf8_error().valid_up_to();
+            let mut b = e.into_bytes();
+            b.truncate(valid);
+            String::from_utf8(b).expect("valid up to here")
+        }
+        Err(_) => {
+            return Err(ToolResult::error(format!(
+                "`{display}` looks like a binary file (it is not valid UTF-8); read_file returns text only"
+            )))
+        }
+    };
+    Ok(Excerpt {
+        display,
+        text,
+        first: offset,
+        last,
+        // Unknown without reading the whole file: one more than the last line
+        // read says "there is more" unless the end was reached.
+        total_lines: if at_end { last } else { last + 1 },
+        total_known: at_end,
+        truncated,
+    })
+}
+
+/// Read buffer for files too large for the cache.
+const HUGE_READ_BUFFER: usize = 256 * 1024;
+/// Lines between deadline checks while skipping to an offset in a huge file.
+const HUGE_CHECK_EVERY_LINES: usize = 4096;
 
 /// Lines as an editor counts them: a final line without `\n` counts.
 fn count_lines(text: &str) -> usize {
@@ -233,6 +367,52 @@ mod tests {
         std::fs::write(dir.path().join("a.txt"), "one\ntwo\nthree\n").unwrap();
         let shard = shard(vec![dir.path().into()], vec![]);
         (dir, shard)
+    }
+
+    #[test]
+    fn files_too_large_for_the_cache_are_read_a_window_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = "x".repeat(1023) + "\n";
+        let lines = (crate::storage::file_cache::MAX_FILE_BYTES as usize / line.len()) + 10;
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(dir.path().join("big.log")).unwrap());
+        for i in 0..lines {
+            std::io::Write::write_all(&mut f, format!("{i:08} {}", &line[9..]).as_bytes()).unwrap();
+        }
+        drop(f);
+        let s = shard(vec![dir.path().into()], vec![]);
+        let r = call(
+            &s,
+            "read_file",
+            json!({"path": "big.log", "offset": 3, "limit": 2}),
+        );
+        assert!(!r.is_error, "{}", text(&r));
+        let t = text(&r);
+        assert!(t.starts_with("00000002 x"), "{t}");
+        assert_eq!(t.lines().filter(|l| l.starts_with('0')).count(), 2);
+        assert!(
+            t.ends_with(
+                "[lines 3–4 of a file too large to count; call again with offset=5 for more]"
+            ),
+            "{t}"
+        );
+        // The end of the file, and past it.
+        let r = call(&s, "read_file", json!({"path": "big.log", "offset": lines}));
+        assert!(
+            text(&r).starts_with(&format!("{:08} ", lines - 1)),
+            "{}",
+            text(&r)
+        );
+        let r = call(
+            &s,
+            "read_file",
+            json!({"path": "big.log", "offset": lines + 5}),
+        );
+        assert!(
+            r.is_error && text(&r).contains("past the end"),
+            "{}",
+            text(&r)
+        );
     }
 
     #[test]
