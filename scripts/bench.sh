@@ -81,7 +81,8 @@ port_taken && die "port $PORT is taken (ss -ltnp says so); SO_REUSEPORT would sp
 
 # Other builds on the machine skew every number: note them (not fatal).
 QUIET="yes"
-if pgrep -x cargo >/dev/null || pgrep -x rustc >/dev/null; then
+busy() { pgrep -x cargo >/dev/null || pgrep -x rustc >/dev/null; }
+if busy; then
     QUIET="no: cargo/rustc processes were running"
     say "warning: cargo/rustc processes are running; numbers will be low"
 fi
@@ -252,6 +253,8 @@ for kind in $SERVERS; do
         # The ceiling answers every workload the same way: measure it once.
         if [ "$kind" = hello ] && [ "$w" != "$(echo $WORKLOADS | cut -d' ' -f1)" ]; then continue; fi
         say "== $kind / $w"
+        noisy=0
+        busy && noisy=1
         start_server "$kind"
         check_sample "$kind" "$w" || die "$kind/$w: the sample request failed; not measuring"
         closed_loop "$w" 2 >/dev/null # warm-up: caches, connections, page cache
@@ -266,9 +269,12 @@ for kind in $SERVERS; do
             frps=- fp50=- fp99=- fp999=- fbad=0
         fi
         hwm=$(stop_server)
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        # A build that started or ran during the row skews it: flag the row.
+        busy && noisy=1
+        [ "$noisy" = 1 ] && { QUIET="no: cargo/rustc ran during some rows (flagged)"; say "   warning: cargo/rustc ran during this row"; }
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
             "$kind" "$w" "$rps" "$p50" "$p99" "$p999" "$non2xx" "$sockerr" \
-            "$rate" "$frps" "$fp50" "$fp99" "$fp999" "$fbad" "$hwm" >>"$RESULTS"
+            "$rate" "$frps" "$fp50" "$fp99" "$fp999" "$fbad" "$hwm" "$noisy" >>"$RESULTS"
     done
 done
 
@@ -309,10 +315,11 @@ for w in dict.fromkeys(r[1] for r in rows):
         xc = f"{rps/ceiling:.0%}" if k.startswith("coremcp") and ceiling else ""
         rate = r[8] if r[9] != "-" else "–"
         achieved = "" if r[9] == "-" or f(r[9]) >= 0.97 * f(r[8]) else f" (got {r[9]})"
-        flag = f" ⚠ {bad} bad" if bad else ""
+        flag = (f" ⚠ {bad} bad" if bad else "") + (" ⚠ busy" if r[15] == "1" else "")
         print(f"| {w if k != 'hello' else '(any)'} | {names[k]}{flag} | {rps:,.0f} | {ms(r[3])} | {ms(r[4])} | {ms(r[5])} | "
               f"{rate}{achieved} | {ms(r[10])} | {ms(r[11])} | {ms(r[12])} | {int(r[14])/1024:.1f} | {xp} | {xc} |")
 print()
-print("A row marked ⚠ saw non-2xx answers or socket errors and must not be trusted.")
+print("A row marked ⚠ bad saw non-2xx answers or socket errors, ⚠ busy saw a cargo/rustc process "
+      "on the machine: do not trust either.")
 PY
 say "written to bench-results/latest.md"
