@@ -87,8 +87,16 @@ impl Tree {
                 watched.push((path.to_path_buf(), fingerprint(path)));
                 for name in IGNORE_FILES {
                     let p = path.join(name);
-                    if let Some(fp) = fingerprint(&p) {
-                        watched.push((p, Some(fp)));
+                    match fingerprint(&p) {
+                        Some(fp) => watched.push((p, Some(fp))),
+                        // A new .gitignore or .ignore changes this directory's own
+                        // mtime, so its absence needs no watch; a new
+                        // .git/info/exclude changes only .git/info's, so in a
+                        // repository its absence is watched too.
+                        None if *name == ".git/info/exclude" && path.join(".git").is_dir() => {
+                            watched.push((p, None))
+                        }
+                        None => {}
                     }
                 }
             } else if kind.is_file() && path.starts_with(dir) {
@@ -294,6 +302,27 @@ mod tests {
                 ["src/a.rs", "src/deep/b.rs"]
             );
         });
+    }
+
+    #[test]
+    fn a_new_git_info_exclude_invalidates_the_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join(".git/info")).unwrap();
+        std::fs::write(root.join("keep.rs"), "a").unwrap();
+        std::fs::write(root.join("secret.rs"), "b").unwrap();
+        // A clock an hour ahead, so nothing just written counts as racy.
+        let later = || coarse_now_ns() + 3600 * 1_000_000_000;
+        let tree = Tree::walk(&root, &root, later);
+        assert_eq!(tree.files.len(), 2);
+        assert!(tree.is_fresh());
+        std::fs::write(root.join(".git/info/exclude"), "secret.rs\n").unwrap();
+        assert!(
+            !tree.is_fresh(),
+            "the new exclude file must force a fresh walk"
+        );
+        let again = Tree::walk(&root, &root, later);
+        assert_eq!(again.files, vec![root.join("keep.rs")]);
     }
 
     #[test]
