@@ -4,7 +4,7 @@
 //! from request bytes to response bytes without the socket.
 //!
 //! `cargo bench --bench hot_path` (builds its corpus in a temp dir first).
-//! Metrics recording is measured in the metrics module's own bench once it lands.
+//! Last, what recording one call in the metrics costs (`metrics/record_call`).
 
 use std::time::{Duration, Instant};
 
@@ -210,12 +210,27 @@ fn shard_for(corpus: &fixture::Corpus) -> Shard {
     fixture::shard(&corpus.root, Some(&corpus.db))
 }
 
+/// Recording a call: a shard-local histogram bucket and counters, written with
+/// plain Relaxed stores by their one writer.
+fn metrics(c: &mut Criterion) {
+    let m = coremcp::metrics::Metrics::new(vec!["read_file", "query_db"], 1, None);
+    let shard = m.shard(0);
+    let mut i = 0u64;
+    c.bench_function("metrics/record_call", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(7919);
+            let took = Duration::from_nanos(black_box(i % 5_000_000));
+            shard.call(black_box(1), took, coremcp::metrics::CallOutcome::Ok);
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = http, storage_and_tools
+    targets = http, storage_and_tools, metrics
 }
 criterion_main!(benches);

@@ -285,7 +285,7 @@ impl Metrics {
             &mut out,
             "mcp_tool_calls_total",
             "counter",
-            "Tool calls by tool and outcome (ok, error, timeout, cancelled).",
+            "Tool calls by tool and outcome (ok, error, timeout, cancelled, panicked).",
         );
         for (i, name) in self.tool_names.iter().enumerate() {
             for (o, outcome) in OUTCOMES.iter().enumerate() {
