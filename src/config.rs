@@ -199,6 +199,10 @@ pub struct ToolConfig {
     pub enabled: bool,
     /// This tool's deadline, instead of [`Config::timeout`].
     pub timeout: Option<Duration>,
+    /// Whether the tool uses the shard's file and search-tree caches. Off, every
+    /// call reads from disk (and search walks the tree); the caches themselves
+    /// are shared by tools and sized in `[cache]`.
+    pub cache: bool,
 }
 
 impl Default for ToolConfig {
@@ -206,6 +210,7 @@ impl Default for ToolConfig {
         ToolConfig {
             enabled: true,
             timeout: None,
+            cache: true,
         }
     }
 }
@@ -214,6 +219,11 @@ impl Config {
     /// Whether a tool is served.
     pub fn tool_enabled(&self, name: &str) -> bool {
         self.tools.get(name).is_none_or(|t| t.enabled)
+    }
+
+    /// Whether `name` reads through the shard's caches.
+    pub fn tool_cache(&self, name: &str) -> bool {
+        self.tools.get(name).is_none_or(|t| t.cache)
     }
 
     /// The deadline of a call to `name`.

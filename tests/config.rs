@@ -111,3 +111,38 @@ fn the_file_configures_the_server_and_flags_override_it() {
         r.text()
     );
 }
+
+#[test]
+fn a_tool_can_be_served_without_the_caches() {
+    let dir = temp_dir("config-nocache");
+    // A file written more than two seconds ago (the file cache keeps nothing that
+    // changed more recently): the crate's own manifest, checked out before the build.
+    let crate_dir = env!("CARGO_MANIFEST_DIR");
+    let hits_after_two_reads = |toml: &str| -> String {
+        let cfg = write(&dir, "c.toml", toml.as_bytes());
+        let s = Server::start(&["--config", cfg.to_str().unwrap()]);
+        let mut c = s.connect();
+        for id in 1..=2 {
+            let r = c.post(
+                &stateless_headers("tools/call", Some("read_file")),
+                &serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"_meta": meta(), "name":"read_file","arguments":{"path":"Cargo.toml"}}}),
+            );
+            assert!(r.text().contains("coremcp"), "{}", r.text());
+        }
+        let m = c.request("GET", "/metrics", &[], b"").text();
+        m.lines()
+            .find(|l| l.starts_with("mcp_cache_hits_total{cache=\"file\"}"))
+            .unwrap()
+            .to_string()
+    };
+    let base = format!("roots = [\"{crate_dir}\"]\nshards = 1\n");
+    assert!(
+        hits_after_two_reads(&base).ends_with(" 1"),
+        "cached by default"
+    );
+    let off = format!("{base}[tools.read_file]\ncache = false\n");
+    assert!(
+        hits_after_two_reads(&off).ends_with(" 0"),
+        "cache = false reads from disk"
+    );
+}

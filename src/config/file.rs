@@ -60,6 +60,7 @@ struct CacheFile {
 struct ToolFile {
     enabled: Option<bool>,
     timeout_ms: Option<Spanned<u64>>,
+    cache: Option<bool>,
 }
 
 /// Where an error is, for messages of the form `FILE:LINE: …`.
@@ -246,6 +247,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
         let mut tc = ToolConfig::default();
         if let Some(e) = t.enabled {
             tc.enabled = e;
+        }
+        if let Some(c) = t.cache {
+            tc.cache = c;
         }
         if let Some(ms) = t.timeout_ms {
             tc.timeout = Some(positive_ms(&src, &ms, &format!("tools.{name}.timeout_ms"))?);

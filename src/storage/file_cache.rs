@@ -195,6 +195,16 @@ impl FileCache {
 
     /// The current contents of a regular file at a canonical path.
     pub async fn read(&self, path: &Path) -> Result<Rc<CachedFile>, FileError> {
+        self.read_with(path, true).await
+    }
+
+    /// As [`read`](Self::read); with `use_cache` false the file is read from disk
+    /// and neither looked up nor kept (a tool configured with `cache = false`).
+    pub async fn read_with(
+        &self,
+        path: &Path,
+        use_cache: bool,
+    ) -> Result<Rc<CachedFile>, FileError> {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
             Err(e) => {
@@ -207,8 +217,10 @@ impl FileCache {
             return Err(FileError::NotAFile);
         }
         let fp = Fingerprint::of(&meta);
-        if let Some(hit) = self.lookup(path, &fp) {
-            return Ok(hit);
+        if use_cache {
+            if let Some(hit) = self.lookup(path, &fp) {
+                return Ok(hit);
+            }
         }
         self.bump(|s| s.misses += 1);
         if fp.size > MAX_FILE_BYTES {
@@ -233,7 +245,11 @@ impl FileCache {
         }
         let racy =
             loaded.fingerprint.changed_ns() + RACY_WINDOW.as_nanos() as i128 >= (self.now_ns)();
-        if loaded.stable && !racy && file.bytes.len() <= self.capacity / MAX_CACHED_FILE_FRACTION {
+        if use_cache
+            && loaded.stable
+            && !racy
+            && file.bytes.len() <= self.capacity / MAX_CACHED_FILE_FRACTION
+        {
             self.insert(path, file.clone());
         } else {
             self.remove(path);

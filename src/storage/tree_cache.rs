@@ -178,6 +178,19 @@ impl TreeCache {
 
     /// The current file list under `dir` (canonical, inside `root`).
     pub async fn files(&self, dir: &Path, root: &Path) -> Arc<Tree> {
+        self.files_with(dir, root, true).await
+    }
+
+    /// As [`files`](Self::files); with `use_cache` false the tree is walked afresh
+    /// and the walk is not kept.
+    pub async fn files_with(&self, dir: &Path, root: &Path, use_cache: bool) -> Arc<Tree> {
+        if !use_cache {
+            let (dir, root, now) = (dir.to_path_buf(), root.to_path_buf(), self.now_ns);
+            self.count(true);
+            return glommio::executor()
+                .spawn_blocking(move || Arc::new(Tree::walk(&dir, &root, now)))
+                .await;
+        }
         let cached = self.trees.borrow().get(dir).map(|(t, _)| t.clone());
         let small = cached
             .as_ref()

@@ -58,16 +58,25 @@ impl Excerpt {
 }
 
 /// Reads lines `offset..offset+limit` of a text file inside the roots, at most
-/// `cap` bytes of them. Errors are results ready to return.
+/// `cap` bytes of them, for `tool` (whose `cache` setting applies). Errors are
+/// results ready to return.
 pub async fn read_excerpt(
     cx: &CallContext<'_>,
+    tool: &str,
     path: &str,
     offset: usize,
     limit: Option<usize>,
     cap: usize,
 ) -> Result<Excerpt, ToolResult> {
     let resolved = resolve(cx, path)?;
-    let file = match cx.shard.storage.files.read(&resolved.real).await {
+    let use_cache = cx.shard.config.tool_cache(tool);
+    let file = match cx
+        .shard
+        .storage
+        .files
+        .read_with(&resolved.real, use_cache)
+        .await
+    {
         Ok(f) => f,
         Err(FileError::TooLarge(size)) => {
             // Too large to hold whole: read just the window, off the shard.
@@ -338,7 +347,7 @@ impl Tool for ReadFile {
                 Ok(p) => p,
                 Err(e) => return e,
             };
-            match read_excerpt(cx, &path, offset, limit, MAX_READ_BYTES).await {
+            match read_excerpt(cx, "read_file", &path, offset, limit, MAX_READ_BYTES).await {
                 Ok(ex) => {
                     let note = ex.note();
                     let mut text = ex.text;

@@ -109,8 +109,9 @@ impl Tool for ReadMultipleFiles {
                 .iter()
                 .map(|p| {
                     let p = p.clone();
-                    Box::pin(async move { read_excerpt(cx, &p, 1, None, MAX_READ_BYTES).await })
-                        as LocalBoxFuture<'a, _>
+                    Box::pin(async move {
+                        read_excerpt(cx, "read_multiple_files", &p, 1, None, MAX_READ_BYTES).await
+                    }) as LocalBoxFuture<'a, _>
                 })
                 .collect();
             let results = join_all(reads).await;

@@ -210,7 +210,11 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
         return ToolResult::error(format!("`{}` is outside the allowed roots", a.path));
     };
     let (files, walk_truncated): (Vec<PathBuf>, bool) = if target.real.is_dir() {
-        let tree = storage.trees.files(&target.real, &root).await;
+        let use_cache = cx.shard.config.tool_cache("search_code");
+        let tree = storage
+            .trees
+            .files_with(&target.real, &root, use_cache)
+            .await;
         let filter = match glob_filter(&target.real, a.glob.as_deref()) {
             Ok(f) => f,
             Err(e) => return e,
@@ -245,8 +249,11 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
         let reads = batch
             .iter()
             .map(|p| {
-                Box::pin(storage.files.read(p))
-                    as LocalBoxFuture<'_, Result<Rc<CachedFile>, FileError>>
+                Box::pin(
+                    storage
+                        .files
+                        .read_with(p, cx.shard.config.tool_cache("search_code")),
+                ) as LocalBoxFuture<'_, Result<Rc<CachedFile>, FileError>>
             })
             .collect();
         let contents = join_all(reads).await;
