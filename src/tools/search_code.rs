@@ -7,7 +7,7 @@
 //! blocking pool, and the search yields to the shard between batches and stops at
 //! the deadline or on cancellation.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -204,8 +204,10 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
     let Some(root) = storage.roots.root_of(&target.real).map(|r| r.to_path_buf()) else {
         return ToolResult::error(format!("`{}` is outside the allowed roots", a.path));
     };
-    let (files, walk_truncated): (Vec<PathBuf>, bool) = if target.real.is_dir() {
-        let tree = storage.trees.files(&target.real, &root).await;
+    // The file list borrows the cached walk: no path is copied per search.
+    let tree;
+    let (files, walk_truncated): (Vec<&Path>, bool) = if target.real.is_dir() {
+        tree = storage.trees.files(&target.real, &root).await;
         let filter = match glob_filter(&target.real, a.glob.as_deref()) {
             Ok(f) => f,
             Err(e) => return e,
@@ -219,11 +221,11 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
                     .as_ref()
                     .is_none_or(|f| !f.matched(p, false).is_ignore())
             })
-            .cloned()
+            .map(PathBuf::as_path)
             .collect();
         (files, tree.truncated)
     } else {
-        (vec![target.real.clone()], false)
+        (vec![target.real.as_path()], false)
     };
 
     let mut matches = Vec::new();
@@ -255,6 +257,9 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
             searched += 1;
             let left = a.max_results - matches.len();
             let hits = search_file(&matcher, &file.bytes, a.context, left + 1);
+            if hits.is_empty() {
+                continue;
+            }
             let display = storage.roots.display(path);
             for hit in hits {
                 if matches.len() == a.max_results {
