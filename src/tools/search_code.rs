@@ -7,7 +7,7 @@
 //! blocking pool, and the search yields to the shard between batches and stops at
 //! the deadline or on cancellation.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -209,9 +209,11 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
     let Some(root) = storage.roots.root_of(&target.real).map(|r| r.to_path_buf()) else {
         return ToolResult::error(format!("`{}` is outside the allowed roots", a.path));
     };
-    let (files, walk_truncated): (Vec<PathBuf>, bool) = if target.real.is_dir() {
-        let use_cache = cx.shard.config.tool_cache("search_code");
-        let tree = storage
+    // The file list borrows the cached walk: no path is copied per search.
+    let use_cache = cx.shard.config.tool_cache("search_code");
+    let tree;
+    let (files, walk_truncated): (Vec<&Path>, bool) = if target.real.is_dir() {
+        tree = storage
             .trees
             .files_with(&target.real, &root, use_cache)
             .await;
@@ -228,11 +230,11 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
                     .as_ref()
                     .is_none_or(|f| !f.matched(p, false).is_ignore())
             })
-            .cloned()
+            .map(PathBuf::as_path)
             .collect();
         (files, tree.truncated)
     } else {
-        (vec![target.real.clone()], false)
+        (vec![target.real.as_path()], false)
     };
 
     let mut matches = Vec::new();
@@ -249,11 +251,8 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
         let reads = batch
             .iter()
             .map(|p| {
-                Box::pin(
-                    storage
-                        .files
-                        .read_with(p, cx.shard.config.tool_cache("search_code")),
-                ) as LocalBoxFuture<'_, Result<Rc<CachedFile>, FileError>>
+                Box::pin(storage.files.read_with(p, use_cache))
+                    as LocalBoxFuture<'_, Result<Rc<CachedFile>, FileError>>
             })
             .collect();
         let contents = join_all(reads).await;
@@ -271,6 +270,9 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
             searched += 1;
             let left = a.max_results - found;
             let hits = search_file(&matcher, &file.bytes, a.context, left + 1);
+            if hits.is_empty() {
+                continue;
+            }
             let display = storage.roots.display(path);
             for hit in hits {
                 if found == a.max_results {
