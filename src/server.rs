@@ -24,7 +24,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 
 /// glommio needs this much lockable memory for its rings.
 const MIN_MEMLOCK_BYTES: u64 = 512 * 1024;
-/// Blocking threads per shard, unpinned: slow SQLite queries, large file reads and
+/// Blocking threads per shard by default (`limits.blocking_threads`), unpinned: slow SQLite queries, large file reads and
 /// directory walks run there. One (glommio's default) would queue a second slow
 /// query behind the first, and pinned ones would compete with the shards' CPUs.
 pub const BLOCKING_THREADS_PER_SHARD: usize = 4;
@@ -101,7 +101,7 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     let mesh: MeshBuilder<CancelMsg, _> = MeshBuilder::full(shards, CANCEL_QUEUE);
     let mut builder = LocalExecutorPoolBuilder::new(placement)
         .name("coremcp-shard")
-        .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS_PER_SHARD));
+        .blocking_thread_pool_placement(PoolPlacement::Unbound(config.limits.blocking_threads));
     if let Some(spin) = config.spin_before_park {
         builder = builder.spin_before_park(spin);
     }

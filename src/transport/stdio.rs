@@ -34,7 +34,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("coremcp-stdio")
         .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(
-            crate::server::BLOCKING_THREADS_PER_SHARD,
+            config.limits.blocking_threads,
         ))
         .spawn(move || async move { run(config).await })
         .map_err(|e| format!("cannot start the executor: {e}"))?;
