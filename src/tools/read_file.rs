@@ -63,7 +63,7 @@ pub async fn read_excerpt(
         .shard
         .storage
         .files
-        .read(&resolved.real)
+        .read_checked(&resolved.real, resolved.file)
         .await
         .map_err(|e| ToolResult::error(e.describe(&resolved.display)))?;
     let display = resolved.display;
