@@ -2,7 +2,8 @@
 //!
 //! # Never stale
 //!
-//! Every hit costs one `stat` of the path, and the entry is served only if its
+//! Every hit costs one `stat` of the path (or reuses the `lstat` that path
+//! resolution just made of it), and the entry is served only if its
 //! fingerprint — device, inode, size, mtime and ctime to the nanosecond — is
 //! unchanged. inotify would make a hit cheaper, but it cannot be relied on to see
 //! every change: a watch per shard per directory runs into `max_user_watches` on
@@ -200,7 +201,7 @@ impl FileCache {
 
     /// The current contents of a regular file at a canonical path.
     pub async fn read(&self, path: &Path) -> Result<Rc<CachedFile>, FileError> {
-        self.read_with(path, true).await
+        self.read_checked(path, None, true).await
     }
 
     /// As [`read`](Self::read); with `use_cache` false the file is read from disk
@@ -210,18 +211,35 @@ impl FileCache {
         path: &Path,
         use_cache: bool,
     ) -> Result<Rc<CachedFile>, FileError> {
-        let meta = match std::fs::metadata(path) {
-            Ok(m) => m,
-            Err(e) => {
-                self.remove(path);
-                return Err(FileError::from_io(e));
+        self.read_checked(path, None, use_cache).await
+    }
+
+    /// [`read_with`](Self::read_with), given the fingerprint of the regular file at
+    /// `path` that the caller took just now (path resolution `lstat`s it), which
+    /// saves the `stat` a hit otherwise pays. `None`: stat it here.
+    pub async fn read_checked(
+        &self,
+        path: &Path,
+        known: Option<Fingerprint>,
+        use_cache: bool,
+    ) -> Result<Rc<CachedFile>, FileError> {
+        let fp = match known {
+            Some(fp) => fp,
+            None => {
+                let meta = match std::fs::metadata(path) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.remove(path);
+                        return Err(FileError::from_io(e));
+                    }
+                };
+                if !meta.is_file() {
+                    self.remove(path);
+                    return Err(FileError::NotAFile);
+                }
+                Fingerprint::of(&meta)
             }
         };
-        if !meta.is_file() {
-            self.remove(path);
-            return Err(FileError::NotAFile);
-        }
-        let fp = Fingerprint::of(&meta);
         if use_cache {
             if let Some(hit) = self.lookup(path, &fp) {
                 return Ok(hit);

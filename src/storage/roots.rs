@@ -10,6 +10,8 @@
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+use super::file_cache::Fingerprint;
+
 /// The roots a shard serves, canonicalised.
 #[derive(Clone, Debug)]
 pub struct Roots {
@@ -24,6 +26,9 @@ pub struct Resolved {
     /// How the path is shown to the client: relative to the first root when it lies
     /// under it, else the (in-root) absolute path.
     pub display: String,
+    /// The fingerprint of a regular file found by the `lstat`s of resolution, so
+    /// that the file cache need not `stat` it again; `None` when not known.
+    pub file: Option<Fingerprint>,
 }
 
 /// Why a path was refused or could not be resolved. Each message says what was
@@ -102,14 +107,22 @@ impl Roots {
         if !self.contains(&lexical) {
             return Err(PathError::Outside(path.to_string()));
         }
-        if let Some(real) = self.unaliased(&lexical) {
+        if let Some((real, file)) = self.unaliased(&lexical) {
             let display = self.display(&real);
-            return Ok(Resolved { real, display });
+            return Ok(Resolved {
+                real,
+                display,
+                file,
+            });
         }
         match lexical.canonicalize() {
             Ok(real) if self.contains(&real) => {
                 let display = self.display(&real);
-                Ok(Resolved { real, display })
+                Ok(Resolved {
+                    real,
+                    display,
+                    file: None,
+                })
             }
             Ok(_) => Err(PathError::Outside(path.to_string())),
             Err(e) => Err(self.explain_failure(&lexical, path, e)),
@@ -122,27 +135,27 @@ impl Roots {
     /// root, where `realpath` pays one per component of the whole path (4 µs
     /// instead of 1 µs for a file at the top of a root on the benchmark VM).
     /// `None` (take the slow path) for the root itself, a symlink, or an error.
-    fn unaliased(&self, lexical: &Path) -> Option<PathBuf> {
+    /// Also returns the last component's fingerprint when it is a regular file.
+    fn unaliased(&self, lexical: &Path) -> Option<(PathBuf, Option<Fingerprint>)> {
         let root = self.root_of(lexical)?;
         let below = lexical.strip_prefix(root).ok()?;
         if below.as_os_str().is_empty() {
             return None;
         }
         let mut real = root.to_path_buf();
+        let mut file = None;
         for c in below.components() {
             let Component::Normal(name) = c else {
                 return None;
             };
             real.push(name);
-            if std::fs::symlink_metadata(&real)
-                .ok()?
-                .file_type()
-                .is_symlink()
-            {
+            let meta = std::fs::symlink_metadata(&real).ok()?;
+            if meta.file_type().is_symlink() {
                 return None;
             }
+            file = meta.is_file().then(|| Fingerprint::of(&meta));
         }
-        Some(real)
+        Some((real, file))
     }
 
     /// A path that failed to resolve: if its deepest existing ancestor is already

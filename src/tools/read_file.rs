@@ -74,7 +74,7 @@ pub async fn read_excerpt(
         .shard
         .storage
         .files
-        .read_with(&resolved.real, use_cache)
+        .read_checked(&resolved.real, resolved.file, use_cache)
         .await
     {
         Ok(f) => f,
