@@ -1003,7 +1003,6 @@ struct InflightEntry {
 #[derive(Default)]
 pub struct Inflight {
     calls: RefCell<hashbrown::HashMap<InflightKey, Rc<InflightEntry>>>,
-    running: Cell<usize>,
 }
 
 pub struct InflightGuard<'a> {
@@ -1021,7 +1020,6 @@ impl Drop for InflightGuard<'_> {
         {
             calls.remove(&self.key);
         }
-        self.owner.running.set(self.owner.running.get() - 1);
     }
 }
 
@@ -1033,7 +1031,6 @@ impl Inflight {
         });
         let key = (ns, Box::<str>::from(id));
         self.calls.borrow_mut().insert(key.clone(), entry.clone());
-        self.running.set(self.running.get() + 1);
         InflightGuard {
             owner: self,
             key,
@@ -1074,7 +1071,7 @@ impl Inflight {
 
     /// Calls running now.
     pub fn running(&self) -> usize {
-        self.running.get()
+        self.calls.borrow().len()
     }
 }
 

@@ -69,8 +69,8 @@ pub const METHODS: [&str; 8] = [
 ];
 
 /// HTTP statuses counted by code; anything else is `other`.
-pub const STATUSES: [u16; 15] = [
-    200, 202, 400, 403, 404, 405, 406, 408, 413, 415, 421, 422, 431, 503, 504,
+pub const STATUSES: [u16; 16] = [
+    200, 202, 400, 403, 404, 405, 406, 408, 413, 415, 421, 422, 431, 500, 503, 504,
 ];
 
 /// A counter or gauge written by one thread only (see the module doc).

@@ -301,9 +301,11 @@ pub fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
         421 => "Misdirected Request",
+        422 => "Unprocessable Content",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Unknown",
     }
 }
@@ -420,6 +422,13 @@ mod tests {
             parse_head(conflicting, 64).unwrap_err(),
             HeadError::BadLength
         );
+    }
+
+    #[test]
+    fn every_status_the_server_counts_has_its_reason_phrase() {
+        for status in crate::metrics::STATUSES {
+            assert_ne!(reason(status), "Unknown", "{status}");
+        }
     }
 
     #[test]
