@@ -145,7 +145,10 @@ impl Conn {
     }
 
     async fn one_request(&mut self) -> std::io::Result<Next> {
-        let limits = self.shard.config.limits.clone();
+        // The shard (and so its limits) outlives the request; one Rc increment
+        // rather than a copy of every limit per request.
+        let shard = self.shard.clone();
+        let limits = &shard.config.limits;
         // The head.
         let mut head_started: Option<Instant> = None;
         let head = loop {
