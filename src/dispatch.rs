@@ -942,6 +942,42 @@ fn reply_error(
     Outcome::error(status)
 }
 
+/// Answers the messages of a JSON-RPC batch (2025-03-26) as one array in `out`,
+/// which stays empty when none of them has an answer (only notifications and
+/// responses). The transport has checked that a batch is allowed here.
+pub async fn handle_batch(shard: &Shard, via: &Via<'_>, msgs: &[Message<'_>], out: &mut Vec<u8>) {
+    out.push(b'[');
+    let mut any = false;
+    for msg in msgs {
+        let mark = out.len();
+        if any {
+            out.push(b',');
+        }
+        let wrote = if msg.method.as_deref() == Some("initialize") {
+            jsonrpc::write_error(
+                out,
+                msg.id,
+                jsonrpc::INVALID_REQUEST,
+                "initialize must not be part of a batch",
+                None,
+            );
+            true
+        } else {
+            handle(shard, via, msg, out).await.wrote
+        };
+        if wrote {
+            any = true;
+        } else {
+            out.truncate(mark);
+        }
+    }
+    if any {
+        out.push(b']');
+    } else {
+        out.clear();
+    }
+}
+
 /// Writes the response to a message that could not be parsed at all.
 pub fn write_parse_error(out: &mut Vec<u8>, code: i32, detail: &str) {
     let message = if code == jsonrpc::PARSE_ERROR {

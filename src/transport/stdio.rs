@@ -149,24 +149,7 @@ async fn handle_line(shard: &Shard, negotiated: &Cell<Option<u8>>, line: &[u8], 
                 );
                 return;
             }
-            out.push(b'[');
-            let mut any = false;
-            for msg in &msgs {
-                let mark = out.len();
-                if any {
-                    out.push(b',');
-                }
-                if dispatch::handle(shard, &via, msg, out).await.wrote {
-                    any = true;
-                } else {
-                    out.truncate(mark);
-                }
-            }
-            if any {
-                out.push(b']');
-            } else {
-                out.clear();
-            }
+            dispatch::handle_batch(shard, &via, &msgs, out).await;
         }
     }
 }

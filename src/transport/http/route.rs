@@ -281,40 +281,12 @@ async fn batch(
         jsonrpc::write_error(json, None, jsonrpc::INVALID_REQUEST, &message, None);
         return status;
     }
-    json.push(b'[');
-    let mut any = false;
-    for msg in msgs {
-        if msg.method.as_deref() == Some("initialize") {
-            if any {
-                json.push(b',');
-            }
-            jsonrpc::write_error(
-                json,
-                msg.id,
-                jsonrpc::INVALID_REQUEST,
-                "initialize must not be part of a batch",
-                None,
-            );
-            any = true;
-            continue;
-        }
-        let mark = json.len();
-        if any {
-            json.push(b',');
-        }
-        let outcome = dispatch::handle(shard, via, msg, json).await;
-        if outcome.wrote {
-            any = true;
-        } else {
-            json.truncate(mark);
-        }
+    dispatch::handle_batch(shard, via, msgs, json).await;
+    if json.is_empty() {
+        202
+    } else {
+        200
     }
-    if !any {
-        json.clear();
-        return 202;
-    }
-    json.push(b']');
-    200
 }
 
 fn mcp_delete(shard: &Shard, session: Option<&[u8]>, keep_alive: bool, out: &mut Vec<u8>) {
