@@ -125,3 +125,28 @@ fn an_overlong_line_is_refused_and_the_stream_goes_on() {
     let (status, _, _) = s.finish();
     assert!(status.success());
 }
+
+#[test]
+fn batches_over_stdio_follow_the_http_rules() {
+    let mut s = Stdio_::start(&["--limit", "max_batch=2"]);
+    s.send(&common::initialize("2025-03-26"));
+    assert_eq!(s.recv()["result"]["protocolVersion"], "2025-03-26");
+    s.send(&json!([{"jsonrpc":"2.0","id":2,"method":"ping"}, {"jsonrpc":"2.0","method":"notifications/initialized"}]));
+    let r = s.recv();
+    assert_eq!(r.as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r[0]["id"], 2);
+    s.send(&json!([common::initialize("2025-03-26")]));
+    assert_eq!(s.recv()[0]["error"]["code"], -32600);
+    let three: Vec<Value> = (0..3)
+        .map(|i| json!({"jsonrpc":"2.0","id":i,"method":"ping"}))
+        .collect();
+    s.send(&Value::Array(three));
+    let r = s.recv();
+    assert_eq!(r["error"]["code"], -32600);
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_batch"));
+    let (status, _, _) = s.finish();
+    assert!(status.success());
+}

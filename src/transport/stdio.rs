@@ -139,14 +139,20 @@ async fn handle_line(shard: &Shard, negotiated: &Cell<Option<u8>>, line: &[u8], 
             let allowed = negotiated
                 .get()
                 .is_some_and(crate::protocol::era::allows_batches);
-            if !allowed || msgs.is_empty() {
-                jsonrpc::write_error(
-                    out,
-                    None,
-                    jsonrpc::INVALID_REQUEST,
-                    "JSON-RPC batches are allowed only in protocol revision 2025-03-26",
-                    None,
-                );
+            let max = shard.config.limits.max_batch;
+            let refusal = if !allowed || msgs.is_empty() {
+                Some(
+                    "JSON-RPC batches are allowed only in protocol revision 2025-03-26".to_string(),
+                )
+            } else if msgs.len() > max {
+                Some(format!(
+                    "a batch may hold at most {max} messages (limits.max_batch)"
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = refusal {
+                jsonrpc::write_error(out, None, jsonrpc::INVALID_REQUEST, &why, None);
                 return;
             }
             dispatch::handle_batch(shard, &via, &msgs, out).await;
