@@ -371,3 +371,23 @@ fn query_rows_stream_as_ndjson_lines() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["rows"][0][0], 50_000);
 }
+
+#[test]
+fn the_direct_api_bounds_json_nesting_like_mcp() {
+    let s = Server::start(&["--shards", "1", "--limit", "max_json_depth=8"]);
+    let deep = format!("{{\"path\":{}1{}}}", "[".repeat(20), "]".repeat(20));
+    for path in ["/v1/tools/read_file", "/v1/batch"] {
+        let r = s.connect().request(
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            deep.as_bytes(),
+        );
+        assert_eq!(r.status, 400, "{path}");
+        assert!(
+            r.text().contains("nested deeper than 8"),
+            "{path}: {}",
+            r.text()
+        );
+    }
+}

@@ -358,7 +358,8 @@ pub fn required<'v, T>(
     })
 }
 
-fn kind_of(v: &Value) -> &'static str {
+/// "a string", "an array" …: how messages name a JSON value's type.
+pub fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -83,7 +83,7 @@ pub async fn tool(
         );
         return None;
     };
-    let args = match arguments(body) {
+    let args = match arguments(body, shard.config.limits.max_json_depth) {
         Ok(a) => a,
         Err(why) => {
             write_error(out, 400, &why, keep_alive);
@@ -108,7 +108,7 @@ pub async fn tool(
 /// `POST /v1/batch`.
 pub async fn batch(shard: &Shard, body: &[u8], keep_alive: bool, out: &mut Vec<u8>) {
     let max = shard.config.limits.max_direct_batch;
-    let calls: Vec<Value> = match serde_json::from_slice::<Value>(body) {
+    let calls: Vec<Value> = match parse(body, shard.config.limits.max_json_depth) {
         Ok(Value::Array(a)) if a.is_empty() => {
             return write_error(out, 400, "an empty batch has nothing to run", keep_alive)
         }
@@ -132,7 +132,7 @@ pub async fn batch(shard: &Shard, body: &[u8], keep_alive: bool, out: &mut Vec<u
                 keep_alive,
             )
         }
-        Err(e) => return write_error(out, 400, &format!("invalid JSON: {e}"), keep_alive),
+        Err(why) => return write_error(out, 400, &why, keep_alive),
     };
     let runs: Vec<LocalBoxFuture<'_, Value>> = calls
         .into_iter()
@@ -182,24 +182,23 @@ async fn one_of_batch(shard: &Shard, i: usize, call: Value) -> Value {
 }
 
 /// The arguments: a JSON object, or nothing for a tool that needs none.
-fn arguments(body: &[u8]) -> Result<Map<String, Value>, String> {
+fn arguments(body: &[u8], max_depth: usize) -> Result<Map<String, Value>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(other) => Err(format!(
+    match parse(body, max_depth)? {
+        Value::Object(m) => Ok(m),
+        other => Err(format!(
             "the body must be the arguments as a JSON object; got {}",
-            match other {
-                Value::Array(_) => "an array",
-                Value::String(_) => "a string",
-                Value::Number(_) => "a number",
-                Value::Bool(_) => "a boolean",
-                _ => "null",
-            }
+            crate::tools::kind_of(&other)
         )),
-        Err(e) => Err(format!("invalid JSON: {e}")),
     }
+}
+
+/// Parses a body under the same nesting bound as MCP messages.
+fn parse(body: &[u8], max_depth: usize) -> Result<Value, String> {
+    crate::protocol::jsonrpc::check_depth(body, max_depth)?;
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))
 }
 
 fn text_of(r: &ToolResult) -> String {
