@@ -649,3 +649,87 @@ fn garbage_on_the_wire_never_takes_the_server_down() {
     );
     assert_eq!(r.status, 200);
 }
+
+/// The one-pass parse (envelope and params together) and the general path must
+/// agree: a well-formed stateless call gets the full stateless result, and every
+/// malformed `_meta` or params gets the error the general path gives, with the id.
+#[test]
+fn stateless_calls_and_malformed_meta_or_params() {
+    let dir = temp_dir("stateless-calls");
+    write(&dir, "a.txt", b"alpha\n");
+    let s = Server::start(&["--shards", "1", "--root", dir.to_str().unwrap()]);
+    let mut c = s.connect();
+    let call = |meta: serde_json::Value, name: serde_json::Value| {
+        json!({"jsonrpc":"2.0","id":"c-1","method":"tools/call",
+               "params":{"name":name,"arguments":{"path":"a.txt"},"_meta":meta}})
+    };
+    let h = stateless_headers("tools/call", Some("read_file"));
+
+    let r = c.post(&h, &call(meta(), json!("read_file")));
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["id"], "c-1");
+    let res = &j["result"];
+    assert_eq!(res["content"][0]["type"], "text");
+    assert_eq!(res["content"][0]["text"], "alpha\n");
+    assert_eq!(res["isError"], false);
+    assert_eq!(res["resultType"], "complete");
+    assert_eq!(
+        res["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "coremcp"
+    );
+    assert!(res.get("ttlMs").is_none(), "a call result is not cacheable");
+
+    // A revision that is not a string, null included, is refused, not ignored.
+    for bad in [json!(null), json!(20260728), json!({"v": 1})] {
+        let mut m = meta();
+        m["io.modelcontextprotocol/protocolVersion"] = bad.clone();
+        let r = c.post(&h, &call(m, json!("read_file")));
+        assert_eq!(r.status, 400, "{bad}");
+        let e = r.json();
+        assert_eq!(e["id"], "c-1", "{bad}");
+        assert_eq!(e["error"]["code"], -32602, "{bad}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("must be a string"),
+            "{bad}: {e}"
+        );
+    }
+    // Capabilities must be an object.
+    for bad in [None, Some(json!("all")), Some(json!(null))] {
+        let mut m = meta();
+        match &bad {
+            None => {
+                m.as_object_mut()
+                    .unwrap()
+                    .remove("io.modelcontextprotocol/clientCapabilities");
+            }
+            Some(v) => m["io.modelcontextprotocol/clientCapabilities"] = v.clone(),
+        }
+        let r = c.post(&h, &call(m, json!("read_file")));
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].clone()),
+            (400, json!(-32602)),
+            "{bad:?}"
+        );
+    }
+    // Params of the wrong shape: -32602 with the request's id (the general path).
+    let r = c.post(&h, &call(meta(), json!(5)));
+    let e = r.json();
+    assert_eq!(e["id"], "c-1");
+    assert_eq!(e["error"]["code"], -32602);
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid params"));
+    // Not JSON at all: -32700 without an id.
+    let raw = post_bytes(&h, b"{\"jsonrpc\":\"2.0\",\"id\":1,");
+    c.send_raw(&raw);
+    let r = c.read_response();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], -32700);
+    let again = s.connect().post(&h, &call(meta(), json!("read_file")));
+    assert_eq!(again.status, 200, "the server is still up");
+}

@@ -8,6 +8,7 @@
 //! Refusals name only what the client sent, never the resolved outside path.
 
 use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::file_cache::Fingerprint;
@@ -102,6 +103,9 @@ impl Roots {
         if path.as_bytes().contains(&0) {
             return Err(PathError::NulByte);
         }
+        if let Some(fast) = self.resolve_plain(first, path) {
+            return Ok(fast);
+        }
         let joined = first.join(path);
         let lexical = normalize(&joined).ok_or_else(|| PathError::Outside(path.to_string()))?;
         if !self.contains(&lexical) {
@@ -127,6 +131,48 @@ impl Roots {
             Ok(_) => Err(PathError::Outside(path.to_string())),
             Err(e) => Err(self.explain_failure(&lexical, path, e)),
         }
+    }
+
+    /// The commonest call, `dir/file.rs` relative to the first root, without any
+    /// `Path` machinery: a path of plain names (no empty, `.` or `..` component,
+    /// not absolute) is already normal and inside the first root, so only its
+    /// symlinks remain to check, with one `lstat` per component as in
+    /// [`unaliased`](Self::unaliased), and it is its own display form. Iterating
+    /// and comparing `Path` components cost more than the `lstat` on a cached
+    /// read_file. `None` sends the path down the general path, which also makes
+    /// every refusal and error message.
+    fn resolve_plain(&self, root: &Path, path: &str) -> Option<Resolved> {
+        let rel = path.as_bytes();
+        if rel.first() == Some(&b'/')
+            || rel
+                .split(|b| *b == b'/')
+                .any(|name| matches!(name, b"" | b"." | b".."))
+        {
+            return None;
+        }
+        let root = root.as_os_str().as_bytes();
+        let mut real = Vec::with_capacity(root.len() + 1 + rel.len());
+        real.extend_from_slice(root);
+        if real.last() != Some(&b'/') {
+            real.push(b'/');
+        }
+        let base = real.len();
+        real.extend_from_slice(rel);
+        let mut file = None;
+        let ends = memchr::memchr_iter(b'/', rel).chain(std::iter::once(rel.len()));
+        for end in ends {
+            let prefix = Path::new(std::ffi::OsStr::from_bytes(&real[..base + end]));
+            let meta = std::fs::symlink_metadata(prefix).ok()?;
+            if meta.file_type().is_symlink() {
+                return None;
+            }
+            file = meta.is_file().then(|| Fingerprint::of(&meta));
+        }
+        Some(Resolved {
+            real: PathBuf::from(std::ffi::OsString::from_vec(real)),
+            display: path.to_string(),
+            file,
+        })
     }
 
     /// The fast path of [`resolve`](Self::resolve): a normalised path below a
@@ -290,5 +336,41 @@ mod tests {
             Err(PathError::NotFound("nope.txt".into()))
         );
         assert_eq!(Roots::new(vec![]).resolve("x"), Err(PathError::NoRoots));
+    }
+
+    /// The plain-name fast path and the general path must agree on everything
+    /// they both accept, fingerprint included, and the fast path must step aside
+    /// for anything that is not plain names without symlinks.
+    #[test]
+    fn the_plain_name_fast_path_agrees_with_the_general_path() {
+        let (root, _o, roots) = setup();
+        std::fs::create_dir_all(root.path().join("sub/deep")).unwrap();
+        std::fs::write(root.path().join("sub/deep/b.txt"), "b").unwrap();
+        symlink(root.path().join("sub"), root.path().join("in")).unwrap();
+        let first = roots.roots()[0].clone();
+        for p in ["sub/a.txt", "sub", "sub/deep", "sub/deep/b.txt"] {
+            let fast = roots.resolve_plain(&first, p).expect(p);
+            let lexical = normalize(&first.join(p)).unwrap();
+            let (real, file) = roots.unaliased(&lexical).expect(p);
+            assert_eq!(fast.real, real, "{p}");
+            assert_eq!(fast.file, file, "{p}");
+            assert_eq!(fast.display, roots.display(&real), "{p}");
+            assert_eq!(fast.file.is_some(), p.ends_with(".txt"), "{p}");
+        }
+        for p in [
+            "in/a.txt",
+            "./sub/a.txt",
+            "sub/../sub/a.txt",
+            "sub//a.txt",
+            "sub/",
+            "/etc/passwd",
+            "nope.txt",
+            "sub/a.txt/x",
+        ] {
+            assert!(roots.resolve_plain(&first, p).is_none(), "{p}");
+        }
+        // Through the general path those still resolve (or fail) as before.
+        assert_eq!(roots.resolve("in/a.txt").unwrap().display, "sub/a.txt");
+        assert_eq!(roots.resolve("sub//a.txt").unwrap().display, "sub/a.txt");
     }
 }

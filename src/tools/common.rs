@@ -37,10 +37,18 @@ pub fn opt_int(
     min: u64,
     max: u64,
 ) -> Result<Option<u64>, ToolResult> {
-    let expected = format!("an integer from {min} to {max}");
-    arg(args, name, &expected, |v| {
-        v.as_u64().filter(|n| (min..=max).contains(n))
-    })
+    // The message is formatted only when it is needed: this runs on every call
+    // of the file tools, nearly always with the argument absent or valid.
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64().filter(|n| (min..=max).contains(n)) {
+            Some(n) => Ok(Some(n)),
+            None => Err(ToolResult::error(format!(
+                "argument `{name}` must be an integer from {min} to {max}; got {}",
+                super::kind_of(v)
+            ))),
+        },
+    }
 }
 
 /// Refuses arguments the schema does not declare (`additionalProperties: false`),

@@ -128,6 +128,40 @@ impl ToolResult {
         }
     }
 
+    /// Writes the result as a `CallToolResult` object straight into `out`, with
+    /// `tail` (already-serialised members, each led by a comma) before the closing
+    /// brace. Same JSON as [`to_json`](Self::to_json), without building the tree
+    /// or cloning `structured`: on a small read_file answer that tree cost as much
+    /// as the rest of the request.
+    pub fn write_json(&self, out: &mut Vec<u8>, tail: &[u8]) {
+        out.extend_from_slice(b"{\"content\":[");
+        for (i, c) in self.content.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match c {
+                Content::Text(t) => {
+                    out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
+                    sonic_rs::to_writer(&mut *out, t.as_str())
+                        .expect("writing to a Vec cannot fail");
+                    out.push(b'}');
+                }
+            }
+        }
+        out.push(b']');
+        if let Some(s) = &self.structured {
+            out.extend_from_slice(b",\"structuredContent\":");
+            sonic_rs::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+        }
+        out.extend_from_slice(if self.is_error {
+            b",\"isError\":true"
+        } else {
+            b",\"isError\":false"
+        });
+        out.extend_from_slice(tail);
+        out.push(b'}');
+    }
+
     /// The result as a `CallToolResult` object.
     pub fn to_json(&self) -> Value {
         let content: Vec<Value> = self
@@ -367,5 +401,38 @@ pub fn kind_of(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct writer and the tree must produce the same JSON.
+    #[test]
+    fn write_json_matches_to_json() {
+        let results = [
+            ToolResult::text("plain \"quoted\" \\ text\n\u{1}\u{e9}"),
+            ToolResult::error("bad"),
+            ToolResult::structured(json!({"rows": [[1, "a", null]], "n": 1.5}), "table"),
+            ToolResult {
+                content: vec![Content::Text("a".into()), Content::Text("b".into())],
+                structured: None,
+                is_error: false,
+            },
+            ToolResult {
+                content: vec![],
+                structured: Some(json!({})),
+                is_error: true,
+            },
+        ];
+        for r in results {
+            let mut out = Vec::new();
+            r.write_json(&mut out, b",\"extra\":1");
+            let written: Value = serde_json::from_slice(&out).unwrap();
+            let mut expected = r.to_json();
+            expected["extra"] = json!(1);
+            assert_eq!(written, expected);
+        }
     }
 }

@@ -95,6 +95,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         wbuf: Vec::with_capacity(INITIAL_READ_BUFFER),
         body: Vec::new(),
         json: Vec::new(),
+        early: vec![0; EARLY_READ].into_boxed_slice(),
         pending: 0,
     };
     let _ = conn.run().await;
@@ -120,6 +121,9 @@ struct Conn {
     body: Vec<u8>,
     /// A response body being built.
     json: Vec<u8>,
+    /// Where a pipelined request that arrives while a call runs is read to; a
+    /// field, not a local, so that it is zeroed once per connection, not per request.
+    early: Box<[u8]>,
     /// Requests read (and counted in `shard.busy`) whose responses are not yet
     /// written to the socket.
     pending: usize,
@@ -265,7 +269,6 @@ impl Conn {
         };
         let keep_alive = head.keep_alive && !self.shard.draining.get();
         let mark = self.wbuf.len();
-        let mut early = [0u8; EARLY_READ];
         let watched = {
             let answer = pin!(route::respond(
                 &self.shard,
@@ -276,7 +279,7 @@ impl Conn {
                 &mut self.wbuf,
                 &mut self.json,
             ));
-            answer_or_hangup(answer, &mut self.stream, &mut early).await
+            answer_or_hangup(answer, &mut self.stream, &mut self.early).await
         };
         let (streaming, early_len) = match watched {
             Watched::Answered(streaming, n) => (streaming, n),
@@ -290,7 +293,9 @@ impl Conn {
             self.end = 0;
         }
         if early_len > 0 {
+            let early = std::mem::take(&mut self.early);
             self.take_early(&early[..early_len]);
+            self.early = early;
         }
         if let Some(job) = streaming {
             // Earlier pipelined answers go first, then the stream itself.

@@ -200,6 +200,18 @@ async fn mcp_post(
 
     json.clear();
     let limits = &shard.config.limits;
+    let single = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if single && jsonrpc::check_depth(body, limits.max_json_depth).is_ok() {
+        if let Some(outcome) = dispatch::handle_body(shard, &via, body, json).await {
+            if let Some(job) = outcome.progress {
+                return Some(Streaming::Progress(job));
+            }
+            let status = if outcome.wrote { outcome.status } else { 202 };
+            finish_mcp(out, json, status, outcome.new_session, json_ok, keep_alive);
+            return None;
+        }
+        json.clear();
+    }
     let (status, session) = match jsonrpc::parse(body, limits.max_json_depth) {
         Err(ParseError::Json(e)) => {
             dispatch::write_parse_error(json, jsonrpc::PARSE_ERROR, &e);
@@ -221,7 +233,20 @@ async fn mcp_post(
         }
         Ok(Parsed::Batch(msgs)) => (batch(shard, &via, &msgs, json).await, None),
     };
+    finish_mcp(out, json, status, session, json_ok, keep_alive);
+    None
+}
 
+/// Frames an MCP answer: `json` as JSON, or as one SSE event for a client that
+/// takes only SSE, or no body (202).
+fn finish_mcp(
+    out: &mut Vec<u8>,
+    json: &[u8],
+    status: u16,
+    session: Option<String>,
+    json_ok: bool,
+    keep_alive: bool,
+) {
     let mut extra = Vec::new();
     if let Some(sid) = &session {
         extra.extend_from_slice(b"mcp-session-id: ");
@@ -235,7 +260,6 @@ async fn mcp_post(
     } else {
         write_body(out, status, "application/json", json, keep_alive, &extra);
     }
-    None
 }
 
 /// A JSON-RPC batch: allowed only in a session that negotiated 2025-03-26.
