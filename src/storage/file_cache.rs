@@ -11,6 +11,10 @@
 //! through other mounts of the same file. A `stat` of a cached, page-cached path
 //! costs about 1 µs (`cargo bench --bench hot_path -- file_cache/stat`: 1.15 µs
 //! per call on the 2-vCPU benchmark VM), small beside serialising the answer.
+//! Search is the exception: it validates thousands of files per call, so a
+//! repeated search of an unchanged tree uses an inotify-kept snapshot instead
+//! (`watch.rs`), built from contents this cache validated, with the limits of
+//! inotify stated there.
 //!
 //! A fingerprint alone is not enough when a file is rewritten within one tick of the
 //! filesystem clock: same size, same inode, same timestamps, new bytes. So a file

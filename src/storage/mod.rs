@@ -1,4 +1,5 @@
-//! Shard-local storage: the roots, the file cache and the SQLite connection sets.
+//! Shard-local storage: the roots, the file cache, the walk cache and search
+//! snapshots, and the SQLite connection sets.
 //!
 //! A shard owns one [`Storage`]; tools borrow it through the shard, so the hot path
 //! takes no lock. Everything here uses `Cell`/`RefCell` and must never hold a borrow
@@ -8,6 +9,7 @@ pub mod db;
 pub mod file_cache;
 pub mod roots;
 pub mod tree_cache;
+pub mod watch;
 
 use crate::config::Config;
 
@@ -15,12 +17,15 @@ use db::Databases;
 use file_cache::FileCache;
 use roots::Roots;
 use tree_cache::TreeCache;
+use watch::Snapshots;
 
 pub struct Storage {
     pub roots: Roots,
     pub files: FileCache,
     pub dbs: Databases,
     pub trees: TreeCache,
+    /// Search snapshots, kept fresh by inotify.
+    pub snapshots: Snapshots,
 }
 
 impl Storage {
@@ -30,6 +35,7 @@ impl Storage {
             files: FileCache::new(config.cache.file_bytes),
             dbs: Databases::new(&config.databases, &config.cache)?,
             trees: TreeCache::new(config.cache.trees),
+            snapshots: Snapshots::new(config.cache.trees, config.cache.file_bytes),
         })
     }
 }

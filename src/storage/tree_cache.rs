@@ -121,6 +121,32 @@ impl Tree {
         }
     }
 
+    /// The existing directories whose entries this walk depends on: every
+    /// directory it read, and those holding the ignore files it consulted (or,
+    /// for an absent one, the nearest existing ancestor, where its creation
+    /// would show). What a search snapshot watches.
+    pub fn directories(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (p, _) in &self.watched {
+            let ignore_file = IGNORE_FILES.iter().any(|name| p.ends_with(name));
+            let mut d = if ignore_file {
+                p.parent().map(Path::to_path_buf)
+            } else {
+                Some(p.clone())
+            };
+            while let Some(candidate) = d {
+                if candidate.is_dir() {
+                    dirs.push(candidate);
+                    break;
+                }
+                d = candidate.parent().map(Path::to_path_buf);
+            }
+        }
+        dirs.sort_unstable();
+        dirs.dedup();
+        dirs
+    }
+
     /// Whether nothing recorded has changed since the walk.
     pub fn is_fresh(&self) -> bool {
         !self.racy && self.watched.iter().all(|(p, fp)| fingerprint(p) == *fp)
@@ -141,7 +167,7 @@ pub struct TreeCache {
     tick: Cell<u64>,
     stats: Cell<TreeStats>,
     /// The coarse wall clock; a field so tests can move it.
-    now_ns: fn() -> i128,
+    now_ns: Cell<fn() -> i128>,
     capacity: usize,
 }
 
@@ -158,9 +184,16 @@ impl TreeCache {
             trees: RefCell::default(),
             tick: Cell::new(0),
             stats: Cell::default(),
-            now_ns: coarse_now_ns,
+            now_ns: Cell::new(coarse_now_ns),
             capacity: capacity.max(1),
         }
+    }
+
+    /// Moves the clock that decides what is "racily" recent, so tests can treat
+    /// files they just wrote as settled.
+    #[doc(hidden)]
+    pub fn set_clock(&self, now_ns: fn() -> i128) {
+        self.now_ns.set(now_ns);
     }
 
     /// Walks cached now.
@@ -185,7 +218,7 @@ impl TreeCache {
     /// and the walk is not kept.
     pub async fn files_with(&self, dir: &Path, root: &Path, use_cache: bool) -> Arc<Tree> {
         if !use_cache {
-            let (dir, root, now) = (dir.to_path_buf(), root.to_path_buf(), self.now_ns);
+            let (dir, root, now) = (dir.to_path_buf(), root.to_path_buf(), self.now_ns.get());
             self.count(true);
             return glommio::executor()
                 .spawn_blocking(move || Arc::new(Tree::walk(&dir, &root, now)))
@@ -201,7 +234,7 @@ impl TreeCache {
                 t
             }
             cached => {
-                let (dir, root, now) = (dir.to_path_buf(), root.to_path_buf(), self.now_ns);
+                let (dir, root, now) = (dir.to_path_buf(), root.to_path_buf(), self.now_ns.get());
                 let (walked, t) = glommio::executor()
                     .spawn_blocking(move || match cached {
                         Some(t) if !small && t.is_fresh() => (false, t),
@@ -262,7 +295,7 @@ mod tests {
         fs::write(root.join(".hidden"), "").unwrap();
         fs::write(root.join(".gitignore"), "*.log\n").unwrap();
         let cache = TreeCache {
-            now_ns: || coarse_now_ns() + 3600 * 1_000_000_000,
+            now_ns: Cell::new(|| coarse_now_ns() + 3600 * 1_000_000_000),
             ..TreeCache::default()
         };
         let names = |t: &Tree| -> Vec<String> {

@@ -1,7 +1,9 @@
 //! `search_code`: ripgrep-style search of the files under a path.
 //!
 //! The file list comes from the shard's walk cache (ignore rules, no hidden files,
-//! no symlinks); contents from the file cache. Literal queries use
+//! no symlinks); contents from the file cache, or, when nothing under the
+//! directory has changed since the last search of it, from that search's
+//! snapshot with no syscall per file (`storage/watch.rs`). Literal queries use
 //! `memchr::memmem`; regexes and case-insensitive literals use `regex::bytes`.
 //! Files are read a batch at a time so that cold reads of large files overlap on the
 //! blocking pool, and the search yields to the shard between batches and stops at
@@ -195,6 +197,89 @@ fn glob_filter(dir: &std::path::Path, glob: Option<&str>) -> Result<Option<Overr
     b.build().map(Some).map_err(bad)
 }
 
+/// What a search has found so far.
+#[derive(Default)]
+struct Scan {
+    matches: Vec<Value>,
+    text: String,
+    found: usize,
+    truncated: bool,
+    searched: usize,
+    binary: usize,
+    unreadable: usize,
+}
+
+/// Why a scan stopped before the last file.
+enum Stop {
+    /// `max_results` reached: the answer is complete but truncated.
+    Full,
+    /// The call must answer this instead (deadline, cancel, reader gone).
+    Answer(ToolResult),
+}
+
+impl Scan {
+    /// Searches one file's contents (`None`: it could not be read).
+    async fn file(
+        &mut self,
+        cx: &CallContext<'_>,
+        a: &Args,
+        matcher: &Matcher,
+        path: &Path,
+        content: Option<&CachedFile>,
+    ) -> Result<(), Stop> {
+        let Some(file) = content else {
+            self.unreadable += 1;
+            return Ok(());
+        };
+        if file.is_binary() {
+            self.binary += 1;
+            return Ok(());
+        }
+        self.searched += 1;
+        let left = a.max_results - self.found;
+        let hits = search_file(matcher, &file.bytes, a.context, left + 1);
+        if hits.is_empty() {
+            return Ok(());
+        }
+        let display = cx.shard.storage.roots.display(path);
+        for hit in hits {
+            if self.found == a.max_results {
+                self.truncated = true;
+                return Err(Stop::Full);
+            }
+            self.found += 1;
+            let mut m = json!({"path": display, "line": hit.line, "text": hit.text});
+            if a.context > 0 {
+                m["before"] = json!(hit.before);
+                m["after"] = json!(hit.after);
+            }
+            if let Some(sink) = cx.sink {
+                // Streamed: each match leaves as it is found, nothing gathers.
+                if !sink.send(m).await {
+                    return Err(Stop::Answer(ToolResult::error(
+                        "the reader went away; the search stopped",
+                    )));
+                }
+                continue;
+            }
+            for (i, b) in hit.before.iter().enumerate() {
+                self.text.push_str(&format!(
+                    "{display}-{}- {b}\n",
+                    hit.line - hit.before.len() + i
+                ));
+            }
+            self.text
+                .push_str(&format!("{display}:{}: {}\n", hit.line, hit.text));
+            for (i, b) in hit.after.iter().enumerate() {
+                self.text
+                    .push_str(&format!("{display}-{}- {b}\n", hit.line + 1 + i));
+            }
+            self.matches.push(m);
+        }
+        Ok(())
+    }
+}
+
 async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
     let start = Instant::now();
     let matcher = match Matcher::new(&a.query, a.regex, a.case_sensitive) {
@@ -209,108 +294,133 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
     let Some(root) = storage.roots.root_of(&target.real).map(|r| r.to_path_buf()) else {
         return ToolResult::error(format!("`{}` is outside the allowed roots", a.path));
     };
-    // The file list borrows the cached walk: no path is copied per search.
     let use_cache = cx.shard.config.tool_cache("search_code");
-    let tree;
-    let (files, walk_truncated): (Vec<&Path>, bool) = if target.real.is_dir() {
-        tree = storage
-            .trees
-            .files_with(&target.real, &root, use_cache)
-            .await;
-        let filter = match glob_filter(&target.real, a.glob.as_deref()) {
+    let is_dir = target.real.is_dir();
+    let filter = if is_dir {
+        match glob_filter(&target.real, a.glob.as_deref()) {
             Ok(f) => f,
             Err(e) => return e,
-        };
-        let files = tree
-            .files
-            .iter()
-            .filter(|p| storage.roots.contains(p))
-            .filter(|p| {
-                filter
-                    .as_ref()
-                    .is_none_or(|f| !f.matched(p, false).is_ignore())
-            })
-            .map(PathBuf::as_path)
-            .collect();
-        (files, tree.truncated)
-    } else {
-        (vec![target.real.as_path()], false)
-    };
-
-    let mut matches = Vec::new();
-    let mut found = 0usize;
-    let mut done = 0usize;
-    let mut text = String::new();
-    let mut truncated = false;
-    let (mut searched, mut binary, mut unreadable) = (0usize, 0usize, 0usize);
-    'batches: for batch in files.chunks(SEARCH_BATCH) {
-        if let Some(stop) = stop_reason(cx, start) {
-            return stop;
         }
-        glommio::yield_if_needed().await;
-        let reads = batch
-            .iter()
-            .map(|p| {
-                Box::pin(storage.files.read_with(p, use_cache))
-                    as LocalBoxFuture<'_, Result<Rc<CachedFile>, FileError>>
-            })
-            .collect();
-        let contents = join_all(reads).await;
-        done += batch.len();
-        cx.report_progress(done as u64, Some(files.len() as u64));
-        for (path, content) in batch.iter().zip(contents) {
-            let Ok(file) = content else {
-                unreadable += 1;
-                continue;
-            };
-            if file.is_binary() {
-                binary += 1;
+    } else {
+        None
+    };
+    let wanted = |p: &Path| {
+        filter
+            .as_ref()
+            .is_none_or(|f| !f.matched(p, false).is_ignore())
+    };
+    let mut scan = Scan::default();
+    let mut walk_truncated = false;
+    let mut stopped = None;
+
+    // An unchanged tree: its snapshot, with no syscall per file (storage/watch.rs).
+    let snapshot = if use_cache && is_dir {
+        storage.snapshots.current(&target.real)
+    } else {
+        None
+    };
+    if let Some(snap) = snapshot {
+        walk_truncated = snap.tree.truncated;
+        let total = snap.tree.files.len() as u64;
+        let pairs = snap.tree.files.iter().zip(&snap.contents);
+        for (n, (path, content)) in pairs.enumerate() {
+            if n % SEARCH_BATCH == 0 {
+                if let Some(stop) = stop_reason(cx, start) {
+                    return stop;
+                }
+                cx.report_progress(n as u64, Some(total));
+                glommio::yield_if_needed().await;
+            }
+            if !wanted(path) {
                 continue;
             }
-            searched += 1;
-            let left = a.max_results - found;
-            let hits = search_file(&matcher, &file.bytes, a.context, left + 1);
-            if hits.is_empty() {
-                continue;
+            if let Err(stop) = scan.file(cx, &a, &matcher, path, content.as_deref()).await {
+                stopped = Some(stop);
+                break;
             }
-            let display = storage.roots.display(path);
-            for hit in hits {
-                if found == a.max_results {
-                    truncated = true;
+        }
+    } else {
+        // The file list borrows the cached walk: no path is copied per search.
+        let tree = if is_dir {
+            Some(
+                storage
+                    .trees
+                    .files_with(&target.real, &root, use_cache)
+                    .await,
+            )
+        } else {
+            None
+        };
+        let files: Vec<&Path> = match &tree {
+            Some(tree) => {
+                walk_truncated = tree.truncated;
+                // A walk of a directory inside a root follows no symlinks, so
+                // every file it lists is inside that root: no per-file check.
+                tree.files
+                    .iter()
+                    .map(PathBuf::as_path)
+                    .filter(|p| wanted(p))
+                    .collect()
+            }
+            None => vec![target.real.as_path()],
+        };
+        // Build a snapshot on the way when this search reads the whole tree:
+        // watches first, then the walk revalidated, then every file read.
+        let mut pending = None;
+        if let (Some(tree), true, None) = (&tree, use_cache, &filter) {
+            pending = storage
+                .snapshots
+                .begin(&target.real, tree)
+                .filter(|_| tree.is_fresh());
+        }
+        let mut contents: Vec<Option<Rc<CachedFile>>> = Vec::new();
+        let mut done = 0usize;
+        'batches: for batch in files.chunks(SEARCH_BATCH) {
+            if let Some(stop) = stop_reason(cx, start) {
+                return stop;
+            }
+            glommio::yield_if_needed().await;
+            let reads = batch
+                .iter()
+                .map(|p| {
+                    Box::pin(storage.files.read_with(p, use_cache))
+                        as LocalBoxFuture<'_, Result<Rc<CachedFile>, FileError>>
+                })
+                .collect();
+            let read = join_all(reads).await;
+            done += batch.len();
+            cx.report_progress(done as u64, Some(files.len() as u64));
+            for (path, content) in batch.iter().zip(read) {
+                let content = content.ok();
+                let result = scan.file(cx, &a, &matcher, path, content.as_deref()).await;
+                if pending.is_some() {
+                    contents.push(content);
+                }
+                if let Err(stop) = result {
+                    stopped = Some(stop);
                     break 'batches;
                 }
-                found += 1;
-                if let Some(sink) = cx.sink {
-                    // Streamed: each match leaves as it is found, nothing gathers.
-                    let mut m = json!({"path": display, "line": hit.line, "text": hit.text});
-                    if a.context > 0 {
-                        m["before"] = json!(hit.before);
-                        m["after"] = json!(hit.after);
-                    }
-                    if !sink.send(m).await {
-                        return ToolResult::error("the reader went away; the search stopped");
-                    }
-                    continue;
-                }
-                for (i, b) in hit.before.iter().enumerate() {
-                    text.push_str(&format!(
-                        "{display}-{}- {b}\n",
-                        hit.line - hit.before.len() + i
-                    ));
-                }
-                text.push_str(&format!("{display}:{}: {}\n", hit.line, hit.text));
-                for (i, b) in hit.after.iter().enumerate() {
-                    text.push_str(&format!("{display}-{}- {b}\n", hit.line + 1 + i));
-                }
-                let mut m = json!({"path": display, "line": hit.line, "text": hit.text});
-                if a.context > 0 {
-                    m["before"] = json!(hit.before);
-                    m["after"] = json!(hit.after);
-                }
-                matches.push(m);
+            }
+        }
+        if let (Some(p), Some(tree)) = (pending, tree) {
+            if stopped.is_none() && contents.len() == tree.files.len() {
+                storage.snapshots.finish(p, tree, contents);
             }
         }
     }
+    match stopped {
+        Some(Stop::Answer(answer)) => return answer,
+        Some(Stop::Full) | None => {}
+    }
+    let Scan {
+        matches,
+        mut text,
+        found,
+        truncated,
+        searched,
+        binary,
+        unreadable,
+    } = scan;
     if cx.sink.is_some() {
         return ToolResult::structured(
             json!({
@@ -620,5 +730,120 @@ mod tests {
         assert_eq!(hits[0].after, ["a", "x x"]);
         assert_eq!(hits[2].before, ["x x", ""]);
         assert!(hits[2].after.is_empty());
+    }
+
+    /// A shard whose walk cache treats the files the test just wrote as settled
+    /// (not "racily" recent), so that snapshots are built as they would be for a
+    /// tree last changed more than two seconds ago.
+    fn settled(s: &crate::shard::Shard) {
+        s.storage
+            .trees
+            .set_clock(|| crate::storage::file_cache::coarse_now_ns() + 3_600_000_000_000);
+    }
+
+    /// Changes within one tick of the filesystem clock leave a directory's
+    /// timestamps as they were; the test gives each change its own mtime so that
+    /// the walk cache (whose clock `settled` moved) sees it, as it would in real
+    /// time.
+    fn stamp(dir: &std::path::Path, k: u64) {
+        let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + k);
+        fs::File::open(dir).unwrap().set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_serves_repeats_without_stats_and_retires_on_any_change() {
+        let (d, s) = fixture();
+        settled(&s);
+        let p = d.path();
+        let search = |q: &str| paths(&call(&s, "search_code", json!({"query": q})));
+        let snaps = || s.storage.snapshots.stats();
+
+        assert_eq!(search("Foo").len(), 4);
+        assert_eq!(snaps().built, 1);
+        let files = s.storage.files.stats();
+        assert_eq!(search("Foo").len(), 4);
+        assert_eq!(snaps().used, 1);
+        assert_eq!(
+            s.storage.files.stats(),
+            files,
+            "a snapshot search touches no file-cache entry"
+        );
+        // A glob narrows a snapshot search too.
+        assert_eq!(
+            paths(&call(
+                &s,
+                "search_code",
+                json!({"query": "Foo", "glob": "*.md"})
+            )),
+            ["README.md:1"]
+        );
+        assert_eq!(snaps().used, 2);
+
+        // Same size, same second: the racy rewrite a stat fingerprint can miss.
+        let before = fs::read(p.join("src/lib.rs")).unwrap();
+        let after = String::from_utf8(before.clone())
+            .unwrap()
+            .replacen("Foo", "Qux", 1);
+        assert_eq!(before.len(), after.len());
+        fs::write(p.join("src/lib.rs"), &after).unwrap();
+        assert_eq!(search("Qux"), ["src/lib.rs:1"]);
+        let built = snaps().built;
+        assert_eq!(
+            search("Qux"),
+            ["src/lib.rs:1"],
+            "and again, from a new snapshot"
+        );
+        assert_eq!(snaps().built, built);
+
+        // Created, deleted, renamed, newly ignored: each seen by the next search.
+        fs::write(p.join("src/new.rs"), "Qux\n").unwrap();
+        stamp(&p.join("src"), 1);
+        assert_eq!(search("Qux"), ["src/lib.rs:1", "src/new.rs:1"]);
+        fs::remove_file(p.join("src/lib.rs")).unwrap();
+        stamp(&p.join("src"), 2);
+        assert_eq!(search("Qux"), ["src/new.rs:1"]);
+        fs::rename(p.join("src/new.rs"), p.join("src/renamed.rs")).unwrap();
+        stamp(&p.join("src"), 3);
+        assert_eq!(search("Qux"), ["src/renamed.rs:1"]);
+        fs::write(p.join(".gitignore"), "target/\nrenamed.rs\n").unwrap();
+        assert_eq!(search("Qux"), Vec::<String>::new());
+        assert!(snaps().built > built);
+    }
+
+    #[test]
+    fn no_snapshot_when_the_tool_does_not_cache() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a.rs"), "Foo\n").unwrap();
+        let mut tools = std::collections::BTreeMap::new();
+        tools.insert(
+            "search_code".to_string(),
+            crate::config::ToolConfig {
+                cache: false,
+                ..crate::config::ToolConfig::default()
+            },
+        );
+        let config = crate::config::Config {
+            roots: vec![d.path().canonicalize().unwrap()],
+            tools,
+            ..crate::config::Config::default()
+        };
+        let sessions = std::sync::Arc::new(crate::protocol::session::SessionTable::new(
+            16,
+            1,
+            Duration::from_secs(60),
+        ));
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(Vec::new(), 1, None));
+        let s = crate::shard::Shard::new(0, std::sync::Arc::new(config), sessions, None, metrics)
+            .unwrap();
+        settled(&s);
+        for _ in 0..2 {
+            assert_eq!(
+                paths(&call(&s, "search_code", json!({"query": "Foo"}))),
+                ["a.rs:1"]
+            );
+        }
+        assert_eq!(s.storage.snapshots.stats().built, 0);
+        assert_eq!(s.storage.snapshots.stats().used, 0);
+        assert!(s.storage.snapshots.watcher().is_empty());
     }
 }

@@ -1,0 +1,403 @@
+//! Search snapshots: a searched tree's files and contents, reused with no
+//! per-file `stat` for as long as inotify reports no change under it.
+//!
+//! # Why search differs from read_file
+//!
+//! The file cache revalidates every hit with a `stat` (see `file_cache.rs`): one
+//! syscall per read_file call is cheap next to the rest of the call. A search
+//! reads thousands of files per call, and 2,000 `stat`s cost ~2.3 ms on the
+//! benchmark VM — more than searching the bytes. So a search of a tree that has
+//! not changed since the last one uses a snapshot instead: the tree's file list
+//! and an `Rc` of each file's contents, valid while this shard's inotify
+//! descriptor has reported nothing.
+//!
+//! # Why a snapshot is never stale
+//!
+//! Every directory the walk read (and the directories holding the ignore files
+//! that shaped it) is watched for content, metadata and entry changes — writes,
+//! truncation, chmod, create, delete, rename — but not for reads, so our own
+//! reads raise nothing. The order is what makes it exact:
+//!
+//! 1. the watches are added;
+//! 2. the walk is revalidated and every file read the usual, `stat`-checked way;
+//! 3. the snapshot is kept only if no event arrived meanwhile.
+//!
+//! A change completed before step 1 is seen by step 2's checks; a change after
+//! step 1 queues an event, synchronously, in the writer's syscall. Every search
+//! first drains the descriptor (one non-blocking `read`), so a change completed
+//! before a search's request arrived always reaches it. Any event at all moves
+//! the shard's generation and retires every snapshot: coarse, but an agent's
+//! edits are rare next to its searches, and the next search rebuilds.
+//!
+//! # What inotify cannot see
+//!
+//! Writes through a shared `mmap`, and changes made by another machine to a
+//! network filesystem. Snapshots are therefore built only on local filesystems
+//! ([`LOCAL_FILESYSTEMS`]) and can be turned off per tool
+//! (`[tools.search_code] cache = false`). A full event queue (`IN_Q_OVERFLOW`),
+//! a removed watch, or too many watches retire every snapshot too.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+
+use super::file_cache::CachedFile;
+use super::tree_cache::Tree;
+
+/// Directories one shard watches at most. Past it every watch is dropped and
+/// every snapshot retired, and snapshots are built afresh as searches come.
+pub const MAX_WATCHES_PER_SHARD: usize = 8192;
+/// Bytes of reads per drain of the event queue.
+const EVENT_BUFFER_BYTES: usize = 4096;
+
+/// Filesystems (`statfs` `f_type`) on which inotify sees every change made on this
+/// machine: ext2/3/4, XFS, Btrfs, tmpfs, F2FS, ZFS, overlayfs (changes made
+/// through the overlay). NFS, CIFS, FUSE and the rest get no snapshots.
+pub const LOCAL_FILESYSTEMS: &[i64] = &[
+    0xEF53,      // ext2/3/4
+    0x5846_5342, // XFS
+    0x9123_683E, // Btrfs
+    0x0102_1994, // tmpfs
+    0xF2F5_2010, // F2FS
+    0x2FC1_2FC1, // ZFS
+    0x794C_7630, // overlayfs
+];
+
+const MASK: u32 = libc::IN_MODIFY
+    | libc::IN_ATTRIB
+    | libc::IN_CLOSE_WRITE
+    | libc::IN_CREATE
+    | libc::IN_DELETE
+    | libc::IN_DELETE_SELF
+    | libc::IN_MOVED_FROM
+    | libc::IN_MOVED_TO
+    | libc::IN_MOVE_SELF
+    | libc::IN_ONLYDIR
+    | libc::IN_DONT_FOLLOW;
+
+/// One shard's inotify descriptor and the directories it watches.
+pub struct Watcher {
+    /// `None` when inotify is unavailable: then nothing is ever snapshotted.
+    fd: Option<OwnedFd>,
+    watched: RefCell<HashMap<PathBuf, i32>>,
+    /// Moves on every event; a snapshot is valid while it has not moved.
+    generation: Cell<u64>,
+    capacity: usize,
+}
+
+impl Watcher {
+    pub fn new(capacity: usize) -> Watcher {
+        // SAFETY: plain syscall; the descriptor is owned from here on.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        Watcher {
+            fd: (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) }),
+            watched: RefCell::default(),
+            generation: Cell::new(0),
+            capacity,
+        }
+    }
+
+    /// Reads every queued event and returns the generation after them.
+    pub fn poll(&self) -> u64 {
+        let Some(fd) = &self.fd else {
+            return self.generation.get();
+        };
+        let mut buf = [0u64; EVENT_BUFFER_BYTES / 8];
+        loop {
+            // SAFETY: reads into a buffer we own, of the length given.
+            let n = unsafe {
+                libc::read(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    std::mem::size_of_val(&buf),
+                )
+            };
+            if n <= 0 {
+                // EAGAIN: the queue is empty (the descriptor is non-blocking).
+                return self.generation.get();
+            }
+            self.generation.set(self.generation.get() + 1);
+            let bytes =
+                unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
+            if lost_a_watch(bytes) {
+                // The queue overflowed or a watched directory went away: start
+                // over, so the next snapshot adds its watches again.
+                self.drop_all();
+            }
+        }
+    }
+
+    /// Watches `dir`; false when it cannot (no inotify, the limit, an error).
+    fn watch(&self, dir: &Path) -> bool {
+        let Some(fd) = &self.fd else { return false };
+        if self.watched.borrow().contains_key(dir) {
+            return true;
+        }
+        if self.watched.borrow().len() >= self.capacity {
+            self.drop_all();
+            return false;
+        }
+        let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: a valid descriptor and NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), MASK) };
+        if wd < 0 {
+            return false;
+        }
+        self.watched.borrow_mut().insert(dir.to_path_buf(), wd);
+        true
+    }
+
+    fn drop_all(&self) {
+        if let Some(fd) = &self.fd {
+            for (_, wd) in self.watched.borrow_mut().drain() {
+                // SAFETY: a descriptor and watch we created; failure (already gone)
+                // is harmless.
+                unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), wd) };
+            }
+            // Removing a watch queues an IN_IGNORED for it. Those, and anything
+            // else queued, are moot now that every snapshot retires; left queued
+            // they would drop the watches added from here on.
+            let mut buf = [0u64; EVENT_BUFFER_BYTES / 8];
+            // SAFETY: reads into a buffer we own, of the length given.
+            while unsafe {
+                libc::read(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    std::mem::size_of_val(&buf),
+                )
+            } > 0
+            {}
+        }
+        self.generation.set(self.generation.get() + 1);
+    }
+
+    /// Directories watched now.
+    pub fn len(&self) -> usize {
+        self.watched.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether a batch of events says a watch is gone or events were lost.
+fn lost_a_watch(mut bytes: &[u8]) -> bool {
+    const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+    while bytes.len() >= HEADER {
+        // SAFETY: the kernel writes whole events; read_unaligned copes with the
+        // byte slice's alignment.
+        let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        if ev.mask & (libc::IN_Q_OVERFLOW | libc::IN_IGNORED) != 0 {
+            return true;
+        }
+        bytes = &bytes[(HEADER + ev.len as usize).min(bytes.len())..];
+    }
+    false
+}
+
+/// A searched tree as of one generation: its files and, in the same order, their
+/// contents (`None`: unreadable then).
+pub struct Snapshot {
+    pub tree: Arc<Tree>,
+    pub contents: Vec<Option<Rc<CachedFile>>>,
+    generation: u64,
+    bytes: usize,
+}
+
+/// Counts, for tests and stats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    pub used: u64,
+    pub built: u64,
+}
+
+/// The snapshots of one shard, by searched directory.
+pub struct Snapshots {
+    watcher: Watcher,
+    map: RefCell<HashMap<PathBuf, Rc<Snapshot>>>,
+    /// Most snapshots kept (the walk cache's capacity).
+    capacity: usize,
+    /// Most bytes of contents all snapshots together keep alive (the file
+    /// cache's size: a snapshot shares its files with the cache, but keeps them
+    /// alive past eviction).
+    max_bytes: usize,
+    stats: Cell<SnapshotStats>,
+}
+
+/// A snapshot being built: what was true when its watches were in place.
+pub struct Pending {
+    dir: PathBuf,
+    generation: u64,
+}
+
+impl Snapshots {
+    pub fn new(capacity: usize, max_bytes: usize) -> Snapshots {
+        Snapshots {
+            watcher: Watcher::new(MAX_WATCHES_PER_SHARD),
+            map: RefCell::default(),
+            capacity: capacity.max(1),
+            max_bytes,
+            stats: Cell::default(),
+        }
+    }
+
+    pub fn stats(&self) -> SnapshotStats {
+        self.stats.get()
+    }
+
+    pub fn watcher(&self) -> &Watcher {
+        &self.watcher
+    }
+
+    /// The snapshot of `dir` if nothing has changed since it was taken.
+    pub fn current(&self, dir: &Path) -> Option<Rc<Snapshot>> {
+        let generation = self.watcher.poll();
+        let mut map = self.map.borrow_mut();
+        if map
+            .values()
+            .next()
+            .is_some_and(|s| s.generation != generation)
+        {
+            // Any event retires them all (see the module doc).
+            map.clear();
+            return None;
+        }
+        let snap = map.get(dir).cloned()?;
+        let mut s = self.stats.get();
+        s.used += 1;
+        self.stats.set(s);
+        Some(snap)
+    }
+
+    /// Step 1 of a build: watches every directory `tree` depends on. `None` when
+    /// the tree cannot be snapshotted (not a local filesystem, a watch failed).
+    /// The caller then revalidates the tree and reads every file, and hands the
+    /// results to [`finish`](Self::finish).
+    pub fn begin(&self, dir: &Path, tree: &Tree) -> Option<Pending> {
+        if !is_local_filesystem(dir) {
+            return None;
+        }
+        for d in tree.directories() {
+            if !self.watcher.watch(&d) {
+                return None;
+            }
+        }
+        Some(Pending {
+            dir: dir.to_path_buf(),
+            generation: self.watcher.poll(),
+        })
+    }
+
+    /// Step 3: keeps the snapshot if no event arrived since [`begin`](Self::begin).
+    pub fn finish(&self, pending: Pending, tree: Arc<Tree>, contents: Vec<Option<Rc<CachedFile>>>) {
+        assert_eq!(tree.files.len(), contents.len(), "one content per file");
+        if self.watcher.poll() != pending.generation {
+            return;
+        }
+        let bytes: usize = contents.iter().flatten().map(|f| f.bytes.len()).sum();
+        if bytes > self.max_bytes {
+            return;
+        }
+        let mut map = self.map.borrow_mut();
+        map.retain(|_, s| s.generation == pending.generation);
+        map.remove(&pending.dir);
+        let mut total: usize = map.values().map(|s| s.bytes).sum();
+        while !map.is_empty() && (map.len() >= self.capacity || total + bytes > self.max_bytes) {
+            // Evict the largest: the cheapest way back under both bounds.
+            let big = map
+                .iter()
+                .max_by_key(|(_, s)| s.bytes)
+                .map(|(k, _)| k.clone())
+                .expect("not empty");
+            total -= map.remove(&big).map_or(0, |s| s.bytes);
+        }
+        map.insert(
+            pending.dir,
+            Rc::new(Snapshot {
+                tree,
+                contents,
+                generation: pending.generation,
+                bytes,
+            }),
+        );
+        let mut s = self.stats.get();
+        s.built += 1;
+        self.stats.set(s);
+    }
+}
+
+fn is_local_filesystem(dir: &Path) -> bool {
+    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a buffer of the right type.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    LOCAL_FILESYSTEMS.contains(&(st.f_type as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_and_removed_watches_are_noticed() {
+        let event = |mask: u32| {
+            let ev = libc::inotify_event {
+                wd: 1,
+                mask,
+                cookie: 0,
+                len: 16,
+            };
+            let mut v = unsafe {
+                std::slice::from_raw_parts(
+                    (&ev as *const libc::inotify_event).cast::<u8>(),
+                    std::mem::size_of::<libc::inotify_event>(),
+                )
+            }
+            .to_vec();
+            v.extend_from_slice(&[b'x'; 16]);
+            v
+        };
+        let mut two = event(libc::IN_MODIFY);
+        assert!(!lost_a_watch(&two));
+        two.extend(event(libc::IN_Q_OVERFLOW));
+        assert!(lost_a_watch(&two));
+        assert!(lost_a_watch(&event(libc::IN_IGNORED)));
+    }
+
+    #[test]
+    fn a_change_moves_the_generation_and_a_read_does_not() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().canonicalize().unwrap();
+        std::fs::write(dir.join("a.txt"), "a").unwrap();
+        let w = Watcher::new(4);
+        assert!(w.watch(&dir));
+        let g = w.poll();
+        std::fs::read(dir.join("a.txt")).unwrap();
+        assert_eq!(w.poll(), g, "reads raise no event");
+        std::fs::write(dir.join("a.txt"), "b").unwrap();
+        assert!(w.poll() > g, "a write does");
+        // The bound: past it, everything is dropped.
+        let subs: Vec<PathBuf> = (0..5).map(|i| dir.join(format!("d{i}"))).collect();
+        for s in &subs {
+            std::fs::create_dir(s).unwrap();
+        }
+        let g = w.poll();
+        let ok: Vec<bool> = subs.iter().map(|s| w.watch(s)).collect();
+        assert_eq!(ok, [true, true, true, false, true]);
+        assert!(w.poll() > g);
+        assert_eq!(w.len(), 1);
+    }
+}
