@@ -300,14 +300,16 @@ pub fn limits(cx: &CallContext<'_>) -> Limits {
 }
 
 fn render(db: &str, r: &Rows, max_rows: usize) -> String {
-    let mut text = format!(
-        "{}\n",
-        serde_json::to_string(&r.columns).unwrap_or_default()
-    );
+    // sonic-rs writes straight into one buffer: a per-row `to_string` and its
+    // allocation cost as much as the indexed lookup itself.
+    let mut out: Vec<u8> = Vec::with_capacity(64 + 32 * r.rows.len() * r.columns.len().max(1));
+    sonic_rs::to_writer(&mut out, &r.columns).expect("writing to a Vec cannot fail");
+    out.push(b'\n');
     for row in &r.rows {
-        text.push_str(&serde_json::to_string(row).unwrap_or_default());
-        text.push('\n');
+        sonic_rs::to_writer(&mut out, row).expect("writing to a Vec cannot fail");
+        out.push(b'\n');
     }
+    let mut text = String::from_utf8(out).expect("JSON is UTF-8");
     text.push_str(&format!("({} row(s) from `{db}`)", r.rows.len()));
     if r.truncated {
         text.push_str(&format!(
@@ -412,10 +414,19 @@ impl Tool for QueryDb {
             match outcome {
                 Ok(rows) => {
                     let text = render(&db.name, &rows, max_rows);
-                    ToolResult::structured(
-                        json!({"db": db.name, "columns": rows.columns, "rows": rows.rows, "truncated": rows.truncated}),
-                        text,
-                    )
+                    // Built by moving the rows in: `json!` would copy every value.
+                    let mut structured = Map::new();
+                    structured.insert("db".into(), Value::String(db.name.clone()));
+                    structured.insert(
+                        "columns".into(),
+                        Value::Array(rows.columns.into_iter().map(Value::String).collect()),
+                    );
+                    structured.insert(
+                        "rows".into(),
+                        Value::Array(rows.rows.into_iter().map(Value::Array).collect()),
+                    );
+                    structured.insert("truncated".into(), Value::Bool(rows.truncated));
+                    ToolResult::structured(Value::Object(structured), text)
                 }
                 Err(e) => db_error(e, cx, start),
             }
