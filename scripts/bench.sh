@@ -246,7 +246,8 @@ fixed_rate() { # workload rate seconds
         python3 - "$WORK/loadgen.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
-us = lambda ms: round(ms * 1000)
+# No latency at all (unsustainable from the first second): "-" cells.
+us = lambda ms: "-" if ms is None else round(ms * 1000)
 print(round(d["rate_achieved"]), us(d["p50_ms"]), us(d["p99_ms"]), us(d["p999_ms"]), d["errors"] + d["non2xx"])
 PY
         return

@@ -216,6 +216,7 @@ fn main() {
     let mut index_of: Vec<usize> = Vec::with_capacity(conns.len());
     let mut next: u64 = 0;
     let mut done: u64 = 0;
+    let mut answered: u64 = 0;
     let mut chunk = vec![0u8; 64 * 1024];
     let t0 = Instant::now() + Duration::from_millis(10);
     let due_of = |k: u64| t0 + Duration::from_secs_f64(k as f64 * interval);
@@ -300,6 +301,7 @@ fn main() {
                 Parsed::Done { status, len } => {
                     let due = c.due.take().expect("in flight");
                     done += 1;
+                    answered += 1;
                     if due >= due_of(warm) {
                         let us = Instant::now().saturating_duration_since(due).as_micros();
                         latencies.push(us.min(u32::MAX as u128) as u32);
@@ -333,7 +335,10 @@ fn main() {
             }
         }
     }
-    let elapsed = Instant::now().saturating_duration_since(due_of(warm)).as_secs_f64();
+    // The rate achieved counts every answer since the first request, warm-up
+    // included, so a server that could not keep up from the start still shows
+    // what it did manage.
+    let elapsed = Instant::now().saturating_duration_since(t0).as_secs_f64();
     latencies.sort_unstable();
     let pct = |q: f64| -> f64 {
         if latencies.is_empty() {
@@ -342,13 +347,31 @@ fn main() {
         let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
         latencies[i] as f64 / 1000.0
     };
-    let achieved = latencies.len() as f64 / elapsed.max(1e-9);
+    let achieved = answered as f64 / elapsed.max(1e-9);
     let (p50, p90, p99, p999) = (pct(0.50), pct(0.90), pct(0.99), pct(0.999));
     let max = latencies.last().map_or(f64::NAN, |m| *m as f64 / 1000.0);
     if a.json {
+        // No latency recorded (a run that was unsustainable from the start): null.
+        let j = |v: f64| {
+            if v.is_nan() {
+                "null".to_string()
+            } else {
+                format!("{v:.3}")
+            }
+        };
         println!(
-            "{{\"rate_target\":{},\"rate_achieved\":{:.0},\"requests\":{},\"errors\":{},\"non2xx\":{},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"unsustainable\":{}}}",
-            a.rate, achieved, latencies.len(), errors, non2xx, p50, p90, p99, p999, max, unsustainable
+            "{{\"rate_target\":{},\"rate_achieved\":{:.0},\"requests\":{},\"errors\":{},\"non2xx\":{},\"p50_ms\":{},\"p90_ms\":{},\"p99_ms\":{},\"p999_ms\":{},\"max_ms\":{},\"unsustainable\":{}}}",
+            a.rate,
+            achieved,
+            latencies.len(),
+            errors,
+            non2xx,
+            j(p50),
+            j(p90),
+            j(p99),
+            j(p999),
+            j(max),
+            unsustainable
         );
     } else {
         println!(
