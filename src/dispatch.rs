@@ -130,27 +130,23 @@ struct Meta<'a> {
         default,
         borrow,
         rename = "io.modelcontextprotocol/protocolVersion",
-        deserialize_with = "present"
+        deserialize_with = "jsonrpc::present"
     )]
     protocol_version: Option<&'a RawValue>,
     #[serde(
         default,
         borrow,
         rename = "io.modelcontextprotocol/clientCapabilities",
-        deserialize_with = "present"
+        deserialize_with = "jsonrpc::present"
     )]
     client_capabilities: Option<&'a RawValue>,
     #[serde(
         default,
         borrow,
         rename = "progressToken",
-        deserialize_with = "present"
+        deserialize_with = "jsonrpc::present"
     )]
     progress_token: Option<&'a RawValue>,
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&'de RawValue>::deserialize(d).map(Some)
 }
 
 impl Params<'_> {
@@ -1308,5 +1304,21 @@ mod tests {
             handle(&shard, &via, &msg, &mut out).await;
             assert_eq!(out, br#"{"jsonrpc":"2.0","id":2,"result":{}}"#);
         });
+    }
+
+    /// serde needs the `_meta` key names as literals; they must be the ones the
+    /// rest of the server (and the spec) uses.
+    #[test]
+    fn meta_field_names_are_the_era_constants() {
+        let body = json!({
+            era::META_PROTOCOL_VERSION: "2026-07-28",
+            era::META_CLIENT_CAPABILITIES: {},
+            "progressToken": 7,
+        })
+        .to_string();
+        let meta: Meta = serde_json::from_str(&body).unwrap();
+        assert_eq!(meta.protocol_version.unwrap().get(), "\"2026-07-28\"");
+        assert_eq!(meta.client_capabilities.unwrap().get(), "{}");
+        assert_eq!(meta.progress_token.unwrap().get(), "7");
     }
 }

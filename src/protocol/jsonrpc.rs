@@ -40,7 +40,9 @@ pub struct Message<'a, P = &'a RawValue> {
     pub error: Option<&'a RawValue>,
 }
 
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+/// For `Option<&RawValue>` fields: `Some` whenever the key is present, `null`
+/// included (serde's default maps `null` to `None`).
+pub fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&'de RawValue>::deserialize(d).map(Some)
 }
 
