@@ -323,14 +323,18 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
         walk_truncated = snap.tree.truncated;
         let total = snap.tree.files.len() as u64;
         let pairs = snap.tree.files.iter().zip(&snap.contents);
+        let mut visited = 0u64;
         for (n, (path, content)) in pairs.enumerate() {
             if n % SEARCH_BATCH == 0 {
                 if let Some(stop) = stop_reason(cx, start) {
                     return stop;
                 }
-                cx.report_progress(n as u64, Some(total));
+                if n > 0 {
+                    cx.report_progress(n as u64, Some(total));
+                }
                 glommio::yield_if_needed().await;
             }
+            visited += 1;
             if !wanted(path) {
                 continue;
             }
@@ -339,6 +343,8 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
                 break;
             }
         }
+        // Where the search ended, as the read path reports after its last batch.
+        cx.report_progress(visited, Some(total));
     } else {
         // The file list borrows the cached walk: no path is copied per search.
         let tree = if is_dir {
@@ -845,5 +851,33 @@ mod tests {
         assert_eq!(s.storage.snapshots.stats().built, 0);
         assert_eq!(s.storage.snapshots.stats().used, 0);
         assert!(s.storage.snapshots.watcher().is_empty());
+    }
+
+    /// Progress ends at "all files done" on both paths: the first search reads
+    /// through the file cache, the second scans the snapshot.
+    #[test]
+    fn progress_reaches_the_total_with_and_without_a_snapshot() {
+        let (_d, s) = fixture();
+        settled(&s);
+        for round in 0..2 {
+            let cell = crate::tools::ProgressCell::default();
+            let tool = s.tools.get("search_code").unwrap();
+            let cx = CallContext {
+                shard: &s,
+                deadline: Instant::now() + Duration::from_secs(60),
+                cancel: CancelFlag::default(),
+                sink: None,
+                progress: Some(&cell),
+            };
+            let Value::Object(args) = json!({"query": "Foo"}) else {
+                unreachable!()
+            };
+            let r = run(tool.call(&cx, args));
+            assert!(!r.is_error, "{}", text(&r));
+            let (done, total) = cell.get();
+            assert!(done > 0, "round {round}");
+            assert_eq!(Some(done), total, "round {round}");
+        }
+        assert_eq!(s.storage.snapshots.stats().used, 1);
     }
 }
