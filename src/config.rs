@@ -182,6 +182,10 @@ pub struct CacheConfig {
     pub db_statements: usize,
     /// Idle connections kept per database per shard.
     pub db_idle_connections: usize,
+    /// query_db answers kept per shard (0 disables the answer cache).
+    pub query_results: usize,
+    /// Bytes of query_db answers kept per shard.
+    pub query_result_bytes: usize,
 }
 
 impl Default for CacheConfig {
@@ -191,6 +195,8 @@ impl Default for CacheConfig {
             trees: crate::storage::tree_cache::MAX_CACHED_TREES,
             db_statements: crate::storage::db::STATEMENT_CACHE_CAPACITY,
             db_idle_connections: crate::storage::db::MAX_IDLE_CONNECTIONS,
+            query_results: crate::storage::query_cache::DEFAULT_QUERY_RESULTS,
+            query_result_bytes: crate::storage::query_cache::DEFAULT_QUERY_RESULT_BYTES,
         }
     }
 }

@@ -126,6 +126,11 @@ pub struct ShardMetrics {
     pub tree_misses: Owned,
     pub tree_evictions: Owned,
     pub tree_entries: Owned,
+    pub query_hits: Owned,
+    pub query_misses: Owned,
+    pub query_evictions: Owned,
+    pub query_entries: Owned,
+    pub query_bytes: Owned,
     /// The shard's accept loop is running and not draining.
     pub serving: AtomicBool,
 }
@@ -146,6 +151,11 @@ impl ShardMetrics {
             tree_misses: Owned::default(),
             tree_evictions: Owned::default(),
             tree_entries: Owned::default(),
+            query_hits: Owned::default(),
+            query_misses: Owned::default(),
+            query_evictions: Owned::default(),
+            query_entries: Owned::default(),
+            query_bytes: Owned::default(),
             serving: AtomicBool::new(false),
         }
     }
@@ -196,6 +206,13 @@ impl ShardMetrics {
         self.tree_misses.set(t.walked);
         self.tree_evictions.set(t.evictions);
         self.tree_entries.set(storage.trees.len() as u64);
+        let q = &storage.dbs.results;
+        let qs = q.stats();
+        self.query_hits.set(qs.hits);
+        self.query_misses.set(qs.misses);
+        self.query_evictions.set(qs.evictions);
+        self.query_entries.set(q.len() as u64);
+        self.query_bytes.set(q.bytes() as u64);
     }
 }
 
@@ -327,52 +344,60 @@ impl Metrics {
         }
 
         type Read = fn(&ShardMetrics) -> u64;
-        let caches: [(&str, &str, Read, Read); 3] = [
+        let caches: [(&str, &str, [Read; 3]); 3] = [
             (
                 "mcp_cache_hits_total",
-                "Cache hits (file: contents served from memory; tree: a walk reused).",
-                |s| s.file_hits.get(),
-                |s| s.tree_hits.get(),
+                "Cache hits (file: contents served from memory; tree: a walk reused; query: a query_db answer reused).",
+                [|s| s.file_hits.get(), |s| s.tree_hits.get(), |s| s.query_hits.get()],
             ),
             (
                 "mcp_cache_misses_total",
-                "Cache misses (file: contents read; tree: a directory walked).",
-                |s| s.file_misses.get(),
-                |s| s.tree_misses.get(),
+                "Cache misses (file: contents read; tree: a directory walked; query: a cacheable query run).",
+                [|s| s.file_misses.get(), |s| s.tree_misses.get(), |s| s.query_misses.get()],
             ),
             (
                 "mcp_cache_evictions_total",
                 "Cache entries evicted to make room.",
-                |s| s.file_evictions.get(),
-                |s| s.tree_evictions.get(),
+                [|s| s.file_evictions.get(), |s| s.tree_evictions.get(), |s| s.query_evictions.get()],
             ),
         ];
-        for (name, help, file, tree) in caches {
+        for (name, help, reads) in caches {
             header(&mut out, name, "counter", help);
-            let _ = writeln!(out, "{name}{{cache=\"file\"}} {}", sum(&file));
-            let _ = writeln!(out, "{name}{{cache=\"tree\"}} {}", sum(&tree));
+            for (cache, read) in ["file", "tree", "query"].into_iter().zip(reads) {
+                let _ = writeln!(out, "{name}{{cache=\"{cache}\"}} {}", sum(&read));
+            }
         }
         header(
             &mut out,
             "mcp_cache_bytes",
             "gauge",
-            "Bytes held by the file cache.",
+            "Bytes held by the file cache and the query answer cache.",
         );
         let _ = writeln!(
             out,
             "mcp_cache_bytes{{cache=\"file\"}} {}",
             sum(&|s| s.file_bytes.get())
         );
+        let _ = writeln!(
+            out,
+            "mcp_cache_bytes{{cache=\"query\"}} {}",
+            sum(&|s| s.query_bytes.get())
+        );
         header(
             &mut out,
             "mcp_cache_entries",
             "gauge",
-            "Walks held by the tree cache.",
+            "Walks held by the tree cache; answers held by the query cache.",
         );
         let _ = writeln!(
             out,
             "mcp_cache_entries{{cache=\"tree\"}} {}",
             sum(&|s| s.tree_entries.get())
+        );
+        let _ = writeln!(
+            out,
+            "mcp_cache_entries{{cache=\"query\"}} {}",
+            sum(&|s| s.query_entries.get())
         );
 
         header(

@@ -98,6 +98,15 @@ fn a_scrape_on_any_shard_counts_the_whole_process() {
         at(r#"mcp_cache_hits_total{cache="tree"}"#);
         at(r#"mcp_cache_evictions_total{cache="file"}"#);
         at(r#"mcp_cache_bytes{cache="file"}"#);
+        for series in [
+            "hits_total",
+            "misses_total",
+            "evictions_total",
+            "bytes",
+            "entries",
+        ] {
+            at(&format!("mcp_cache_{series}{{cache=\"query\"}}"));
+        }
         assert_eq!(at("mcp_sessions"), 1.0);
         assert_eq!(at("mcp_inflight_calls"), 0.0);
         // The session's connection and this scrape's are open at least.

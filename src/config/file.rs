@@ -53,6 +53,8 @@ struct CacheFile {
     trees: Option<Spanned<usize>>,
     db_statements: Option<usize>,
     db_idle_connections: Option<usize>,
+    query_results: Option<usize>,
+    query_result_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -229,6 +231,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
         }
         if let Some(n) = c.db_idle_connections {
             cfg.cache.db_idle_connections = n;
+        }
+        if let Some(n) = c.query_results {
+            cfg.cache.query_results = n;
+        }
+        if let Some(n) = c.query_result_bytes {
+            cfg.cache.query_result_bytes = n;
         }
     }
     let known: Vec<&str> = crate::tools::Registry::builtin()

@@ -23,17 +23,19 @@
 //!
 //! Connections live in a per-database idle list; a call takes one out and puts it
 //! back, so the inline and pooled paths never share a connection. Each keeps a
-//! prepared-statement cache.
+//! prepared-statement cache. Answers themselves are kept by `query_cache.rs`,
+//! for statements the authorizer saw call only deterministic functions.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+use super::query_cache::QueryCache;
 use crate::config::Database;
 
 /// VM time a query may use on the shard before it moves to the blocking pool.
@@ -98,13 +100,37 @@ pub enum DbError {
     Cancelled,
 }
 
-/// One connection and the authorizer's note of what it last denied.
+/// Functions SQLite flags deterministic that still read the clock: given
+/// `'now'` (or nothing), they answer differently each time.
+const CLOCK_FUNCTIONS: &[&str] = &[
+    "date",
+    "time",
+    "datetime",
+    "julianday",
+    "unixepoch",
+    "strftime",
+    "timediff",
+];
+
+/// One connection and the authorizer's notes: what it last denied, and whether a
+/// statement it authorized since the flag was cleared calls a function whose
+/// answer can change between two calls.
 pub struct Conn {
     pub conn: Connection,
     denied: Arc<Mutex<Option<String>>>,
+    volatile: Arc<AtomicBool>,
 }
 
 impl Conn {
+    /// Whether `sql` calls only functions that answer the same given the same
+    /// database: then its answer may be kept until the database changes.
+    /// Prepares the statement afresh (the statement cache skips the authorizer).
+    pub fn is_deterministic(&self, sql: &str) -> Result<bool, DbError> {
+        self.volatile.store(false, Ordering::Relaxed);
+        drop(self.conn.prepare(sql).map_err(|e| self.error(e))?);
+        Ok(!self.volatile.load(Ordering::Relaxed))
+    }
+
     /// Maps a rusqlite error to a [`DbError`], naming what the authorizer refused.
     pub fn error(&self, e: rusqlite::Error) -> DbError {
         // A denial surfaces as SQLITE_AUTH, or as SQLITE_ERROR for functions; the
@@ -155,6 +181,9 @@ impl Drop for AbandonOnDrop {
 pub struct Db {
     pub name: String,
     path: PathBuf,
+    /// The directory inotify watches for changes to the database, its journal and
+    /// its WAL; `None` when it is not on a local filesystem (no answers kept).
+    pub watch_dir: Option<PathBuf>,
     idle: RefCell<Vec<Conn>>,
     max_idle: usize,
     statements: usize,
@@ -301,10 +330,20 @@ pub fn open(path: &std::path::Path, statements: usize) -> rusqlite::Result<Conn>
     conn.execute_batch("PRAGMA query_only = 1; PRAGMA trusted_schema = 0;")?;
     conn.busy_timeout(Duration::ZERO)?;
     conn.set_prepared_statement_cache_capacity(statements);
+    let stable = stable_functions(&conn);
     let denied = Arc::new(Mutex::new(None));
     let note = denied.clone();
+    let volatile = Arc::new(AtomicBool::new(false));
+    let seen = volatile.clone();
     conn.authorizer(Some(move |ctx: AuthContext<'_>| match authorize(&ctx) {
-        Ok(()) => Authorization::Allow,
+        Ok(()) => {
+            if let AuthAction::Function { function_name } = ctx.action {
+                if !stable.contains(&function_name.to_ascii_lowercase()) {
+                    seen.store(true, Ordering::Relaxed);
+                }
+            }
+            Authorization::Allow
+        }
         Err(why) => {
             // The first denial names the statement (CREATE TABLE); later ones name
             // its parts (the INSERT into sqlite_schema).
@@ -312,7 +351,52 @@ pub fn open(path: &std::path::Path, statements: usize) -> rusqlite::Result<Conn>
             Authorization::Deny
         }
     }))?;
-    Ok(Conn { conn, denied })
+    Ok(Conn {
+        conn,
+        denied,
+        volatile,
+    })
+}
+
+/// The functions whose answer depends only on their arguments and the database:
+/// SQLite's scalars flagged `SQLITE_DETERMINISTIC` except [`CLOCK_FUNCTIONS`],
+/// and its aggregate and window functions. Read once, from the first connection,
+/// before its authorizer is installed. Empty if this SQLite cannot list its
+/// functions: then no statement that calls one is ever cached.
+fn stable_functions(conn: &Connection) -> &'static hashbrown::HashSet<String> {
+    static STABLE: OnceLock<hashbrown::HashSet<String>> = OnceLock::new();
+    STABLE.get_or_init(|| {
+        const SQLITE_DETERMINISTIC: i64 = 0x800;
+        let list = || -> rusqlite::Result<hashbrown::HashSet<String>> {
+            let mut stmt = conn.prepare("SELECT name, type, flags FROM pragma_function_list")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            let mut set = hashbrown::HashSet::new();
+            let mut volatile = hashbrown::HashSet::new();
+            for row in rows {
+                let (name, kind, flags) = row?;
+                let name = name.to_ascii_lowercase();
+                // One name can have several entries (by argument count); one
+                // volatile entry makes the name volatile.
+                if kind == "s"
+                    && (flags & SQLITE_DETERMINISTIC == 0
+                        || CLOCK_FUNCTIONS.contains(&name.as_str()))
+                {
+                    volatile.insert(name);
+                } else {
+                    set.insert(name);
+                }
+            }
+            set.retain(|n| !volatile.contains(n));
+            Ok(set)
+        };
+        list().unwrap_or_default()
+    })
 }
 
 /// The read-only policy: `Err` says what was refused and why.
@@ -369,9 +453,10 @@ fn describe(a: &AuthAction<'_>) -> String {
     out
 }
 
-/// The databases one shard serves, in configuration order.
+/// The databases one shard serves, in configuration order, and the answers kept.
 pub struct Databases {
     dbs: Vec<Db>,
+    pub results: QueryCache,
 }
 
 impl Databases {
@@ -386,6 +471,11 @@ impl Databases {
             let db = Db {
                 name: d.name.clone(),
                 path: d.path.clone(),
+                watch_dir: d
+                    .path
+                    .parent()
+                    .filter(|dir| super::watch::is_local_filesystem(dir))
+                    .map(Path::to_path_buf),
                 idle: RefCell::new(Vec::new()),
                 max_idle: cache.db_idle_connections,
                 statements: cache.db_statements,
@@ -394,7 +484,12 @@ impl Databases {
             db.idle.borrow_mut().push(first);
             dbs.push(db);
         }
-        Ok(Databases { dbs })
+        let results = if dbs.is_empty() {
+            QueryCache::new(0, 0)
+        } else {
+            QueryCache::new(cache.query_results, cache.query_result_bytes)
+        };
+        Ok(Databases { dbs, results })
     }
 
     /// The database named `name`, or the first when `None`; an error message that

@@ -1,5 +1,5 @@
 //! Shard-local storage: the roots, the file cache, the walk cache and search
-//! snapshots, and the SQLite connection sets.
+//! snapshots, the SQLite connection sets and their answer cache.
 //!
 //! A shard owns one [`Storage`]; tools borrow it through the shard, so the hot path
 //! takes no lock. Everything here uses `Cell`/`RefCell` and must never hold a borrow
@@ -7,6 +7,7 @@
 
 pub mod db;
 pub mod file_cache;
+pub mod query_cache;
 pub mod roots;
 pub mod tree_cache;
 pub mod watch;

@@ -133,8 +133,18 @@ impl Watcher {
         }
     }
 
+    /// A watcher that watches nothing, for when nothing will be cached.
+    pub fn disabled() -> Watcher {
+        Watcher {
+            fd: None,
+            watched: RefCell::default(),
+            generation: Cell::new(0),
+            capacity: 0,
+        }
+    }
+
     /// Watches `dir`; false when it cannot (no inotify, the limit, an error).
-    fn watch(&self, dir: &Path) -> bool {
+    pub fn watch(&self, dir: &Path) -> bool {
         let Some(fd) = &self.fd else { return false };
         if self.watched.borrow().contains_key(dir) {
             return true;
@@ -335,7 +345,7 @@ impl Snapshots {
     }
 }
 
-fn is_local_filesystem(dir: &Path) -> bool {
+pub fn is_local_filesystem(dir: &Path) -> bool {
     let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
         return false;
     };

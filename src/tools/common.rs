@@ -163,14 +163,18 @@ pub mod testing {
     use crate::tools::{CallContext, CancelFlag, Content, Tool, ToolResult};
 
     pub fn shard(roots: Vec<PathBuf>, databases: Vec<Database>) -> Shard {
-        let config = Config {
+        shard_from(Config {
             roots: roots
                 .into_iter()
                 .map(|r| r.canonicalize().unwrap())
                 .collect(),
             databases,
             ..Config::default()
-        };
+        })
+    }
+
+    /// A shard serving exactly `config`.
+    pub fn shard_from(config: Config) -> Shard {
         let sessions = Arc::new(SessionTable::new(16, 1, Duration::from_secs(60)));
         let metrics = Arc::new(crate::metrics::Metrics::new(Vec::new(), 1, None));
         Shard::new(0, Arc::new(config), sessions, None, metrics).unwrap()

@@ -100,6 +100,56 @@ fn approx_size(v: &Value) -> usize {
     }
 }
 
+/// What identifies an answer: the database, the statement, its parameters and the
+/// row cap, each length-prefixed so that no two different calls share a key.
+fn cache_key(db: &str, sql: &str, params: &Params, max_rows: usize) -> Vec<u8> {
+    fn bytes(k: &mut Vec<u8>, b: &[u8]) {
+        k.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        k.extend_from_slice(b);
+    }
+    fn value(k: &mut Vec<u8>, v: &SqlValue) {
+        match v {
+            SqlValue::Null => k.push(0),
+            SqlValue::Integer(i) => {
+                k.push(1);
+                k.extend_from_slice(&i.to_le_bytes());
+            }
+            SqlValue::Real(f) => {
+                k.push(2);
+                k.extend_from_slice(&f.to_bits().to_le_bytes());
+            }
+            SqlValue::Text(t) => {
+                k.push(3);
+                bytes(k, t.as_bytes());
+            }
+            SqlValue::Blob(b) => {
+                k.push(4);
+                bytes(k, b);
+            }
+        }
+    }
+    let mut k = Vec::with_capacity(db.len() + sql.len() + 64);
+    bytes(&mut k, db.as_bytes());
+    k.extend_from_slice(&(max_rows as u64).to_le_bytes());
+    bytes(&mut k, sql.as_bytes());
+    match params {
+        Params::Positional(p) => {
+            k.push(b'?');
+            for v in p {
+                value(&mut k, v);
+            }
+        }
+        Params::Named(p) => {
+            k.push(b':');
+            for (name, v) in p {
+                bytes(&mut k, name.as_bytes());
+                value(&mut k, v);
+            }
+        }
+    }
+    k
+}
+
 /// Runs one read-only statement, collecting its rows; on the shard or a pool thread.
 fn query(c: &Conn, sql: &str, params: &Params, max_rows: usize) -> Result<Rows, DbError> {
     let mut rows = Vec::new();
@@ -408,12 +458,43 @@ impl Tool for QueryDb {
             if let Some(sink) = cx.sink {
                 return stream_rows(cx, sink, db, sql, params, start).await;
             }
+            // A kept answer, if this statement's answers may be kept and nothing
+            // has changed next to the database since (see `query_cache.rs`).
+            let results = &cx.shard.storage.dbs.results;
+            let mut known = None;
+            let mut pending = None;
+            if cx.shard.config.tool_cache("query_db") {
+                known = results.deterministic(&sql);
+                if known != Some(false) {
+                    let key = cache_key(&db.name, &sql, &params, max_rows);
+                    match results.lookup(db.watch_dir.as_deref(), key) {
+                        Ok(hit) => return ToolResult::clone(&hit),
+                        Err(p) => pending = p,
+                    }
+                }
+            }
+            // A statement not seen before is classified on the connection that runs it.
+            let learn = (known.is_none() && pending.is_some()).then(|| sql.clone());
+            let classify = learn.is_some();
             let outcome = db
-                .run(&limits(cx), move |c| query(c, &sql, &params, max_rows))
+                .run(&limits(cx), move |c| {
+                    let deterministic = if classify {
+                        Some(c.is_deterministic(&sql)?)
+                    } else {
+                        None
+                    };
+                    query(c, &sql, &params, max_rows).map(|rows| (rows, deterministic))
+                })
                 .await;
             match outcome {
-                Ok(rows) => {
+                Ok((rows, learned)) => {
+                    if let (Some(sql), Some(d)) = (&learn, learned) {
+                        results.classify(sql, d);
+                    }
+                    let keep = pending.filter(|_| known.or(learned) == Some(true));
                     let text = render(&db.name, &rows, max_rows);
+                    // The text holds every value once and the structured copy again.
+                    let text_len = text.len();
                     // Built by moving the rows in: `json!` would copy every value.
                     let mut structured = Map::new();
                     structured.insert("db".into(), Value::String(db.name.clone()));
@@ -426,7 +507,11 @@ impl Tool for QueryDb {
                         Value::Array(rows.rows.into_iter().map(Value::Array).collect()),
                     );
                     structured.insert("truncated".into(), Value::Bool(rows.truncated));
-                    ToolResult::structured(Value::Object(structured), text)
+                    let result = ToolResult::structured(Value::Object(structured), text);
+                    if let Some(p) = keep {
+                        results.store(p, &result, 2 * text_len + 64);
+                    }
+                    result
                 }
                 Err(e) => db_error(e, cx, start),
             }
@@ -747,5 +832,133 @@ pub(crate) mod tests {
             futures_lite::future::zip(query, canceller).await.0
         });
         assert_error(&r, "cancelled");
+    }
+
+    /// The answer cache's counts on shard `s`.
+    fn kept(s: &crate::shard::Shard) -> crate::storage::query_cache::QueryCacheStats {
+        s.storage.dbs.results.stats()
+    }
+
+    fn rows(r: &ToolResult) -> Value {
+        assert!(!r.is_error, "{r:?}");
+        r.structured.as_ref().unwrap()["rows"].clone()
+    }
+
+    #[test]
+    fn answers_are_kept_until_the_database_changes() {
+        let (_d, s, path) = fixture();
+        let q = json!({"sql": "SELECT name FROM t WHERE id = ?1", "params": [2]});
+        let first = call(&s, "query_db", q.clone());
+        assert_eq!(rows(&first), json!([["bob"]]));
+        assert_eq!((kept(&s).hits, kept(&s).misses), (0, 1));
+        let again = call(&s, "query_db", q.clone());
+        assert_eq!(again, first);
+        assert_eq!(
+            kept(&s).hits,
+            1,
+            "the second identical call is served from the cache"
+        );
+
+        // Other parameters, row caps or databases are other answers.
+        assert_eq!(
+            rows(&call(
+                &s,
+                "query_db",
+                json!({"sql": "SELECT name FROM t WHERE id = ?1", "params": [3]})
+            )),
+            json!([["cy"]])
+        );
+        assert_eq!(
+            rows(&call(
+                &s,
+                "query_db",
+                json!({"sql": "SELECT name FROM t WHERE id = ?1", "params": [2], "db": "other"})
+            )),
+            json!([["bob"]])
+        );
+        assert_eq!(kept(&s).hits, 1);
+
+        // A writer in another connection (rollback journal): the next call sees it.
+        let w = rusqlite::Connection::open(&path).unwrap();
+        w.execute("UPDATE t SET name = 'bo' WHERE id = 2", [])
+            .unwrap();
+        assert_eq!(rows(&call(&s, "query_db", q.clone())), json!([["bo"]]));
+        assert_eq!(kept(&s).hits, 1);
+        assert_eq!(rows(&call(&s, "query_db", q.clone())), json!([["bo"]]));
+        assert_eq!(kept(&s).hits, 2);
+
+        // The same in WAL mode, where commits go to the -wal file.
+        w.execute_batch("PRAGMA journal_mode = WAL").unwrap();
+        assert_eq!(rows(&call(&s, "query_db", q.clone())), json!([["bo"]]));
+        assert_eq!(rows(&call(&s, "query_db", q.clone())), json!([["bo"]]));
+        let hits = kept(&s).hits;
+        w.execute("UPDATE t SET name = 'b' WHERE id = 2", [])
+            .unwrap();
+        assert_eq!(rows(&call(&s, "query_db", q.clone())), json!([["b"]]));
+        assert_eq!(kept(&s).hits, hits);
+        w.execute_batch("BEGIN; UPDATE t SET name = 'robert' WHERE id = 2; COMMIT;")
+            .unwrap();
+        assert_eq!(rows(&call(&s, "query_db", q)), json!([["robert"]]));
+    }
+
+    #[test]
+    fn answers_that_can_change_by_themselves_are_never_kept() {
+        let (_d, s, _) = fixture();
+        for sql in [
+            "SELECT random()",
+            "SELECT hex(randomblob(8))",
+            "SELECT date('now')",
+            "SELECT CURRENT_TIMESTAMP",
+            "SELECT strftime('%s', 'now') || name FROM t",
+            "SELECT changes()",
+        ] {
+            for _ in 0..3 {
+                let r = call(&s, "query_db", json!({ "sql": sql }));
+                assert!(!r.is_error, "{sql}: {r:?}");
+            }
+            assert_eq!(kept(&s).hits, 0, "{sql} was served from the cache");
+        }
+        // Only the first call of each was looked up; the rest knew not to.
+        assert_eq!(kept(&s).misses, 6);
+        // Deterministic functions, aggregates and windows are kept.
+        for sql in [
+            "SELECT upper(name), count(*) OVER () FROM t",
+            "SELECT sum(score), json_array(1, 2) FROM t",
+        ] {
+            call(&s, "query_db", json!({ "sql": sql }));
+            call(&s, "query_db", json!({ "sql": sql }));
+        }
+        assert_eq!(kept(&s).hits, 2);
+    }
+
+    #[test]
+    fn no_answers_are_kept_when_the_tool_does_not_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let db = make_db(d.path(), "main");
+        let mut tools = std::collections::BTreeMap::new();
+        tools.insert(
+            "query_db".to_string(),
+            crate::config::ToolConfig {
+                cache: false,
+                ..crate::config::ToolConfig::default()
+            },
+        );
+        let s = crate::tools::common::testing::shard_from(crate::config::Config {
+            databases: vec![db],
+            tools,
+            ..crate::config::Config::default()
+        });
+        for _ in 0..3 {
+            assert_eq!(
+                rows(&call(
+                    &s,
+                    "query_db",
+                    json!({"sql": "SELECT count(*) FROM t"})
+                )),
+                json!([[3]])
+            );
+        }
+        assert_eq!(kept(&s), Default::default());
+        assert!(s.storage.dbs.results.is_empty());
     }
 }

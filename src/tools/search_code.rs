@@ -828,19 +828,11 @@ mod tests {
                 ..crate::config::ToolConfig::default()
             },
         );
-        let config = crate::config::Config {
+        let s = crate::tools::common::testing::shard_from(crate::config::Config {
             roots: vec![d.path().canonicalize().unwrap()],
             tools,
             ..crate::config::Config::default()
-        };
-        let sessions = std::sync::Arc::new(crate::protocol::session::SessionTable::new(
-            16,
-            1,
-            Duration::from_secs(60),
-        ));
-        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(Vec::new(), 1, None));
-        let s = crate::shard::Shard::new(0, std::sync::Arc::new(config), sessions, None, metrics)
-            .unwrap();
+        });
         settled(&s);
         for _ in 0..2 {
             assert_eq!(
