@@ -23,7 +23,10 @@
 #   BENCH_SHARDS2_CPUS [0,1]    CPUs of the two-shard run ("" to skip it)
 #   BENCH_FIXTURE [target/bench-fixture]
 #   BENCH_WORKLOADS [read_file query_db search_code tools_list]
-#   BENCH_SERVERS [coremcp rmcp hello coremcp2]
+#   BENCH_SERVERS [coremcp coremcp-nokeep rmcp hello coremcp2]
+#                               coremcp-nokeep: one shard with the query_db answer
+#                               cache off (`[tools.query_db] cache = false`), so
+#                               every call runs SQLite as the peer does; query_db only
 #   BENCH_FIXED_GEN [loadgen]   fixed-rate generator: loadgen or oha
 set -euo pipefail
 
@@ -37,7 +40,7 @@ LOAD_CPU=${BENCH_LOAD_CPU:-0}
 SHARDS2_CPUS=${BENCH_SHARDS2_CPUS-0,1}
 FIXTURE=${BENCH_FIXTURE:-$REPO/target/bench-fixture}
 WORKLOADS=${BENCH_WORKLOADS:-read_file query_db search_code tools_list}
-SERVERS=${BENCH_SERVERS:-coremcp rmcp hello coremcp2}
+SERVERS=${BENCH_SERVERS:-coremcp coremcp-nokeep rmcp hello coremcp2}
 FIXED_GEN=${BENCH_FIXED_GEN:-loadgen}
 URL="http://127.0.0.1:$PORT/mcp"
 WORK=$(mktemp -d /tmp/coremcp-bench.XXXXXX)
@@ -154,6 +157,9 @@ start_server() { # kind
     local cpus=$SERVER_CPU
     case $1 in
     coremcp) cmd=("$COREMCP" serve --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
+    coremcp-nokeep)
+        printf '[tools.query_db]\ncache = false\n' >"$WORK/nokeep.toml"
+        cmd=("$COREMCP" serve --config "$WORK/nokeep.toml" --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
     coremcp2)
         cpus=$SHARDS2_CPUS
         cmd=("$COREMCP" serve --listen "127.0.0.1:$PORT" --shards 2 --cpus "$SHARDS2_CPUS" --root "$FIXTURE" --db "$DB") ;;
@@ -278,6 +284,8 @@ for kind in $SERVERS; do
     for w in $WORKLOADS; do
         # The ceiling answers every workload the same way: measure it once.
         if [ "$kind" = hello ] && [ "$w" != "$(echo $WORKLOADS | cut -d' ' -f1)" ]; then continue; fi
+        # Only query_db has an answer cache to turn off.
+        if [ "$kind" = coremcp-nokeep ] && [ "$w" != query_db ]; then continue; fi
         say "== $kind / $w"
         noisy=0
         busy && noisy=1
@@ -288,6 +296,8 @@ for kind in $SERVERS; do
         say "   closed loop: $rps req/s, p50 ${p50} µs, p99 ${p99} µs, p99.9 ${p999} µs (non-2xx $non2xx, socket errors $sockerr)"
         [ "$kind" = coremcp ] && HALF[$w]=$((rps / 2))
         rate=${HALF[$w]:-0}
+        # Its own half: its own latency at its own operating point.
+        [ "$kind" = coremcp-nokeep ] && rate=$((rps / 2))
         if [ "$rate" -gt 0 ] && [ "$kind" != coremcp2 ]; then
             read -r frps fp50 fp99 fp999 fbad < <(fixed_rate "$w" "$rate" "$SECONDS_PER_RUN")
             say "   fixed $rate req/s: achieved $frps, p50 ${fp50} µs, p99 ${fp99} µs, p99.9 ${fp999} µs (not 200: $fbad)"
@@ -332,9 +342,9 @@ print(f"Loopback, {conns} connections, {secs} s per run after a 2 s warm-up; ser
 print("| workload | server | req/s | p50 | p99 | p99.9 | fixed rate | p50 @rate | p99 @rate | p99.9 @rate | peak RSS MiB | ×peer | ×ceiling |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 ceiling = next((f(r[2]) for (k, w), r in R.items() if k == "hello"), None)
-names = {"coremcp": "coremcp (1 shard)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
+names = {"coremcp": "coremcp (1 shard)", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
 for w in dict.fromkeys(r[1] for r in rows):
-    for k in ("coremcp", "rmcp", "coremcp2", "hello"):
+    for k in ("coremcp", "coremcp-nokeep", "rmcp", "coremcp2", "hello"):
         r = R.get((k, w))
         if not r: continue
         rps = f(r[2]); bad = int(r[6]) + int(r[7]) + int(r[13] if r[13] != "-" else 0)
