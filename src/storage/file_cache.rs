@@ -94,6 +94,7 @@ pub struct CachedFile {
     pub bytes: Box<[u8]>,
     pub fingerprint: Fingerprint,
     utf8: OnceCell<bool>,
+    lines: OnceCell<usize>,
 }
 
 impl CachedFile {
@@ -115,6 +116,18 @@ impl CachedFile {
         // SAFETY: `ok` records that these very (immutable) bytes passed `from_utf8`.
         ok.then(|| unsafe { std::str::from_utf8_unchecked(&self.bytes) })
     }
+
+    /// Lines in the contents (a last line without a newline counts), counted once
+    /// per cached version: a hit would otherwise scan the whole file again.
+    pub fn line_count(&self) -> usize {
+        *self.lines.get_or_init(|| count_lines(&self.bytes))
+    }
+}
+
+/// Lines in `text`: its newlines, plus one for an unterminated last line.
+pub fn count_lines(text: &[u8]) -> usize {
+    let newlines = memchr::memchr_iter(b'\n', text).count();
+    newlines + usize::from(!text.is_empty() && !text.ends_with(b"\n"))
 }
 
 /// Why a file could not be served.
@@ -266,6 +279,7 @@ impl FileCache {
             bytes: loaded.bytes,
             fingerprint: loaded.fingerprint,
             utf8: OnceCell::new(),
+            lines: OnceCell::new(),
         });
         if file.bytes.len() as u64 > MAX_FILE_BYTES {
             return Err(FileError::TooLarge(file.bytes.len() as u64));
@@ -500,6 +514,7 @@ mod tests {
             bytes: b.into(),
             fingerprint: Fingerprint::of(&std::fs::metadata("/").unwrap()),
             utf8: OnceCell::new(),
+            lines: OnceCell::new(),
         };
         assert_eq!(f(b"h\xc3\xa9").text(), Some("hé"));
         assert!(f(b"a\0b").is_binary());

@@ -107,7 +107,7 @@ pub async fn read_excerpt(
             "`{display}` looks like a binary file ({why}); read_file returns text only"
         )));
     };
-    let total_lines = count_lines(text);
+    let total_lines = file.line_count();
     if offset > total_lines.max(1) {
         return Err(ToolResult::error(format!(
             "offset {offset} is past the end of `{display}`, which has {total_lines} lines"
@@ -272,11 +272,6 @@ const HUGE_READ_BUFFER: usize = 256 * 1024;
 const HUGE_CHECK_EVERY_LINES: usize = 4096;
 
 /// Lines as an editor counts them: a final line without `\n` counts.
-fn count_lines(text: &str) -> usize {
-    let newlines = memchr::memchr_iter(b'\n', text.as_bytes()).count();
-    newlines + usize::from(!text.is_empty() && !text.ends_with('\n'))
-}
-
 /// The byte offset where 1-based line `n` starts.
 fn line_start(text: &str, n: usize) -> usize {
     if n <= 1 {
@@ -555,10 +550,11 @@ mod tests {
 
     #[test]
     fn counts_lines_like_an_editor() {
-        assert_eq!(count_lines(""), 0);
-        assert_eq!(count_lines("a"), 1);
-        assert_eq!(count_lines("a\n"), 1);
-        assert_eq!(count_lines("a\nb"), 2);
+        use crate::storage::file_cache::count_lines;
+        assert_eq!(count_lines(b""), 0);
+        assert_eq!(count_lines(b"a"), 1);
+        assert_eq!(count_lines(b"a\n"), 1);
+        assert_eq!(count_lines(b"a\nb"), 2);
         assert_eq!(line_start("a\nb\nc", 3), 4);
     }
 }
