@@ -193,7 +193,7 @@ pub struct FileCache {
     inner: RefCell<Inner>,
     capacity: usize,
     /// The coarse wall clock, in ns since the epoch; a field so tests can move it.
-    now_ns: fn() -> i128,
+    now_ns: Cell<fn() -> i128>,
     stats: Cell<CacheStats>,
 }
 
@@ -202,13 +202,20 @@ impl FileCache {
         FileCache {
             inner: RefCell::default(),
             capacity,
-            now_ns: coarse_now_ns,
+            now_ns: Cell::new(coarse_now_ns),
             stats: Cell::default(),
         }
     }
 
     pub fn stats(&self) -> CacheStats {
         self.stats.get()
+    }
+
+    /// Moves the clock that decides what is "racily" recent, so tests can treat
+    /// files they just wrote as settled.
+    #[doc(hidden)]
+    pub fn set_clock(&self, now_ns: fn() -> i128) {
+        self.now_ns.set(now_ns);
     }
 
     /// Bytes currently cached.
@@ -284,8 +291,8 @@ impl FileCache {
         if file.bytes.len() as u64 > MAX_FILE_BYTES {
             return Err(FileError::TooLarge(file.bytes.len() as u64));
         }
-        let racy =
-            loaded.fingerprint.changed_ns() + RACY_WINDOW.as_nanos() as i128 >= (self.now_ns)();
+        let racy = loaded.fingerprint.changed_ns() + RACY_WINDOW.as_nanos() as i128
+            >= (self.now_ns.get())();
         if use_cache
             && loaded.stable
             && !racy
@@ -418,8 +425,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f.txt");
         std::fs::write(&p, "one").unwrap();
-        let mut cache = FileCache::new(1024);
-        cache.now_ns = future_clock;
+        let cache = FileCache::new(1024);
+        cache.set_clock(future_clock);
         run(async {
             assert_eq!(&*cache.read(&p).await.unwrap().bytes, b"one");
             assert_eq!(&*cache.read(&p).await.unwrap().bytes, b"one");
@@ -490,8 +497,8 @@ mod tests {
             std::fs::write(p, [b'x'; 10]).unwrap();
         }
         // Room for eight 10-byte files; each is exactly the largest cacheable entry.
-        let mut cache = FileCache::new(10 * MAX_CACHED_FILE_FRACTION);
-        cache.now_ns = future_clock;
+        let cache = FileCache::new(10 * MAX_CACHED_FILE_FRACTION);
+        cache.set_clock(future_clock);
         run(async {
             for p in &paths[..8] {
                 cache.read(p).await.unwrap();

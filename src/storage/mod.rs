@@ -8,6 +8,7 @@
 pub mod db;
 pub mod file_cache;
 pub mod query_cache;
+pub mod resolutions;
 pub mod roots;
 pub mod tree_cache;
 pub mod watch;
@@ -16,6 +17,7 @@ use crate::config::Config;
 
 use db::Databases;
 use file_cache::FileCache;
+use resolutions::Resolutions;
 use roots::Roots;
 use tree_cache::TreeCache;
 use watch::Snapshots;
@@ -27,6 +29,8 @@ pub struct Storage {
     pub trees: TreeCache,
     /// Search snapshots, kept fresh by inotify.
     pub snapshots: Snapshots,
+    /// Read paths' resolutions, kept fresh by the same inotify descriptor.
+    pub resolutions: Resolutions,
 }
 
 impl Storage {
@@ -37,6 +41,7 @@ impl Storage {
             dbs: Databases::new(&config.databases, &config.cache)?,
             trees: TreeCache::new(config.cache.trees),
             snapshots: Snapshots::new(config.cache.trees, config.cache.file_bytes),
+            resolutions: Resolutions::new(resolutions::MAX_RESOLUTIONS),
         })
     }
 }

@@ -5,6 +5,7 @@ use serde_json::{json, Map, Value};
 use super::common::{input_schema, no_unknown_args, opt_int, req_str, resolve};
 use super::{Annotations, CallContext, Tool, ToolFuture, ToolResult, ToolSpec};
 use crate::storage::file_cache::{FileError, BINARY_SNIFF_BYTES};
+use crate::storage::roots::Resolved;
 
 /// Bytes of file content one answer carries; the rest is left for another call.
 pub const MAX_READ_BYTES: usize = 256 * 1024;
@@ -57,6 +58,44 @@ impl Excerpt {
     }
 }
 
+/// Resolves `path`, reusing a resolution verified under inotify when nothing has
+/// changed along it since (no `lstat` at all), and keeping this one when it can
+/// (see `storage/resolutions.rs`).
+fn resolve_watched(cx: &CallContext<'_>, path: &str) -> Result<Resolved, ToolResult> {
+    let storage = &cx.shard.storage;
+    let watcher = storage.snapshots.watcher();
+    if let Some(r) = storage.resolutions.get(watcher, path) {
+        return Ok(r);
+    }
+    let first = resolve(cx, path)?;
+    if first.file.is_none() {
+        return Ok(first);
+    }
+    // Only a path that is its own real path, byte for byte: one that went through
+    // a symlink (or `..`) depends on directories off the real path, which the
+    // watches below would not cover.
+    let lexical = match storage.roots.roots().first() {
+        Some(r) if !path.starts_with('/') => r.join(path),
+        _ => std::path::PathBuf::from(path),
+    };
+    if lexical != first.real {
+        return Ok(first);
+    }
+    let Some(root) = storage.roots.root_of(&first.real) else {
+        return Ok(first);
+    };
+    let Some(generation) = storage.resolutions.begin(watcher, root, &first.real) else {
+        return Ok(first);
+    };
+    // Again, now that the watches are in place: what this finds is current as of
+    // `generation`, and any later change moves it.
+    let again = resolve(cx, path)?;
+    if again.real == first.real && again.file.is_some() {
+        storage.resolutions.keep(path, generation, &again);
+    }
+    Ok(again)
+}
+
 /// Reads lines `offset..offset+limit` of a text file inside the roots, at most
 /// `cap` bytes of them, for `tool` (whose `cache` setting applies). Errors are
 /// results ready to return.
@@ -68,8 +107,12 @@ pub async fn read_excerpt(
     limit: Option<usize>,
     cap: usize,
 ) -> Result<Excerpt, ToolResult> {
-    let resolved = resolve(cx, path)?;
     let use_cache = cx.shard.config.tool_cache(tool);
+    let resolved = if use_cache {
+        resolve_watched(cx, path)?
+    } else {
+        resolve(cx, path)?
+    };
     let file = match cx
         .shard
         .storage
@@ -371,6 +414,82 @@ mod tests {
         std::fs::write(dir.path().join("a.txt"), "one\ntwo\nthree\n").unwrap();
         let shard = shard(vec![dir.path().into()], vec![]);
         (dir, shard)
+    }
+
+    /// Reads `path` and returns its text, or the error message.
+    fn read(s: &crate::shard::Shard, path: &str) -> String {
+        text(&call(s, "read_file", json!({ "path": path }))).to_string()
+    }
+
+    #[test]
+    fn a_kept_resolution_follows_every_change_along_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("d/e")).unwrap();
+        std::fs::write(root.join("d/e/f.txt"), "one\n").unwrap();
+        let s = shard(vec![root.clone()], vec![]);
+        // Every file counts as settled, so the file cache keeps what it reads: a
+        // stale resolution (an old fingerprint) would then be served old contents.
+        s.storage
+            .files
+            .set_clock(|| crate::storage::file_cache::coarse_now_ns() + 3_600_000_000_000);
+        let kept = || s.storage.resolutions.len();
+        assert_eq!(read(&s, "d/e/f.txt"), "one\n");
+        assert_eq!(kept(), 1, "a plain path's resolution is kept");
+        assert_eq!(read(&s, "d/e/f.txt"), "one\n");
+        assert_eq!(s.storage.files.stats().hits, 1);
+
+        std::fs::write(root.join("d/e/f.txt"), "two!\n").unwrap();
+        assert_eq!(read(&s, "d/e/f.txt"), "two!\n");
+        assert_eq!(kept(), 1);
+
+        // A directory along the path swapped for a symlink to elsewhere.
+        std::fs::create_dir_all(root.join("x/e")).unwrap();
+        std::fs::write(root.join("x/e/f.txt"), "three\n").unwrap();
+        std::fs::rename(root.join("d"), root.join("old")).unwrap();
+        symlink(root.join("x"), root.join("d")).unwrap();
+        assert_eq!(read(&s, "d/e/f.txt"), "three\n");
+        // ... and a path through a symlink is never kept.
+        assert_eq!(kept(), 0);
+        assert_eq!(read(&s, "d/e/f.txt"), "three\n");
+        assert_eq!(kept(), 0);
+
+        // Deleted: gone, not served from memory.
+        assert_eq!(read(&s, "old/e/f.txt"), "two!\n");
+        assert_eq!(kept(), 1);
+        std::fs::remove_file(root.join("old/e/f.txt")).unwrap();
+        assert!(read(&s, "old/e/f.txt").contains("does not exist"));
+
+        // Replaced by a rename over it, in a directory two levels up from the file.
+        std::fs::write(root.join("old/e/g.txt"), "four\n").unwrap();
+        assert_eq!(read(&s, "old/e/g.txt"), "four\n");
+        std::fs::create_dir_all(root.join("new/e")).unwrap();
+        std::fs::write(root.join("new/e/g.txt"), "five\n").unwrap();
+        std::fs::rename(root.join("old"), root.join("gone")).unwrap();
+        std::fs::rename(root.join("new"), root.join("old")).unwrap();
+        assert_eq!(read(&s, "old/e/g.txt"), "five\n");
+    }
+
+    #[test]
+    fn no_resolution_is_kept_when_the_tool_does_not_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "a\n").unwrap();
+        let mut tools = std::collections::BTreeMap::new();
+        tools.insert(
+            "read_file".to_string(),
+            crate::config::ToolConfig {
+                cache: false,
+                ..crate::config::ToolConfig::default()
+            },
+        );
+        let s = crate::tools::common::testing::shard_from(crate::config::Config {
+            roots: vec![dir.path().canonicalize().unwrap()],
+            tools,
+            ..crate::config::Config::default()
+        });
+        assert_eq!(read(&s, "a.txt"), "a\n");
+        assert_eq!(read(&s, "a.txt"), "a\n");
+        assert!(s.storage.resolutions.is_empty());
     }
 
     #[test]
