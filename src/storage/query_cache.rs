@@ -139,10 +139,13 @@ impl QueryCache {
         let Some(dir) = dir else {
             return Err(None);
         };
-        if self.capacity == 0 || !self.watcher.watch(dir) {
+        if self.capacity == 0 {
             return Err(None);
         }
-        let generation = self.watcher.poll();
+        let Some(watched) = self.watcher.watch_all([dir]) else {
+            return Err(None);
+        };
+        let generation = watched.generation;
         let mut inner = self.inner.borrow_mut();
         if inner.generation != generation {
             // Something changed next to a database: every answer retires.

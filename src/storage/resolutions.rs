@@ -22,8 +22,10 @@
 //! 3. the resolution (canonical path and the file's fingerprint) is kept under
 //!    the generation read at step 1.
 //!
-//! A lookup drains the descriptor first and uses an entry only if the generation
-//! has not moved. The fingerprint then still describes the file, so the file
+//! When every directory was already watched before the path was first resolved
+//! (and no event came since), that resolution is kept as it is; step 2 is
+//! needed only when a watch was just added. A lookup drains the descriptor first
+//! and uses an entry only if the generation has not moved. The fingerprint then still describes the file, so the file
 //! cache serves its contents by the usual fingerprint rules — an entry holds no
 //! contents and the file cache's byte bound stays the only one.
 //!
@@ -38,7 +40,7 @@ use std::path::Path;
 use hashbrown::HashMap;
 
 use super::roots::Resolved;
-use super::watch::{is_local_filesystem, Watcher};
+use super::watch::{is_local_filesystem, Watched, Watcher};
 
 /// Resolutions kept per shard; past it the table starts over.
 pub const MAX_RESOLUTIONS: usize = 4096;
@@ -73,40 +75,31 @@ impl Resolutions {
         self.len() == 0
     }
 
-    /// The resolution of `path` if it was verified and nothing has changed since.
-    pub fn get(&self, watcher: &Watcher, path: &str) -> Option<Resolved> {
-        if self.is_empty() {
-            return None;
-        }
+    /// The resolution of `path` if it was verified and nothing has changed since;
+    /// else the generation read now, before the caller resolves the path.
+    pub fn get(&self, watcher: &Watcher, path: &str) -> Result<Resolved, u64> {
         let generation = watcher.poll();
         let mut inner = self.inner.borrow_mut();
         if inner.generation != generation {
             inner.map.clear();
-            return None;
+            return Err(generation);
         }
-        inner.map.get(path).cloned()
+        inner.map.get(path).cloned().ok_or(generation)
     }
 
     /// Step 1: watches every directory from `root` down to the parent of the
-    /// regular file `real`; the generation to pass to [`keep`](Self::keep), or
-    /// `None` when this resolution cannot be kept.
-    pub fn begin(&self, watcher: &Watcher, root: &Path, real: &Path) -> Option<u64> {
+    /// regular file `real`. `None` when this resolution cannot be kept.
+    pub fn begin(&self, watcher: &Watcher, root: &Path, real: &Path) -> Option<Watched> {
         if self.capacity == 0 || !is_local_filesystem(root) {
             return None;
         }
-        let parent = real.parent()?;
-        let below = parent.strip_prefix(root).ok()?;
-        let mut dir = root.to_path_buf();
-        if !watcher.watch(&dir) {
-            return None;
-        }
+        let below = real.parent()?.strip_prefix(root).ok()?;
+        let mut dirs = vec![root.to_path_buf()];
         for name in below.components() {
-            dir.push(name);
-            if !watcher.watch(&dir) {
-                return None;
-            }
+            let next = dirs.last().expect("the root is there").join(name);
+            dirs.push(next);
         }
-        Some(watcher.poll())
+        watcher.watch_all(dirs)
     }
 
     /// Step 3: keeps `resolved` (made after [`begin`](Self::begin) returned

@@ -88,7 +88,19 @@ pub struct Watcher {
     watched: RefCell<HashMap<PathBuf, i32>>,
     /// Moves on every event; a snapshot is valid while it has not moved.
     generation: Cell<u64>,
+    /// Moves each time every watch is dropped (see [`watch_all`](Self::watch_all)).
+    drops: Cell<u64>,
     capacity: usize,
+}
+
+/// Directories watched from a given generation on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watched {
+    /// Every change in the directories after this generation moves it.
+    pub generation: u64,
+    /// Some directory was not watched before this call: a state read before it
+    /// may predate the watches.
+    pub added: bool,
 }
 
 impl Watcher {
@@ -99,6 +111,7 @@ impl Watcher {
             fd: (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) }),
             watched: RefCell::default(),
             generation: Cell::new(0),
+            drops: Cell::new(0),
             capacity,
         }
     }
@@ -137,30 +150,44 @@ impl Watcher {
             fd: None,
             watched: RefCell::default(),
             generation: Cell::new(0),
+            drops: Cell::new(0),
             capacity: 0,
         }
     }
 
-    /// Watches `dir`; false when it cannot (no inotify, the limit, an error).
-    pub fn watch(&self, dir: &Path) -> bool {
-        let Some(fd) = &self.fd else { return false };
+    /// Watches every directory of `dirs`. `None` when one cannot be watched (no
+    /// inotify, the limit, an error) or when the watches were lost while they were
+    /// being set up: draining the queue can find that a watch went away
+    /// (`IN_IGNORED`, an overflow) and drop them all, and a generation read after
+    /// that would vouch for directories nobody watches any more.
+    pub fn watch_all<P: AsRef<Path>>(&self, dirs: impl IntoIterator<Item = P>) -> Option<Watched> {
+        let drops = self.drops.get();
+        let mut added = false;
+        for dir in dirs {
+            added |= self.add(dir.as_ref())?;
+        }
+        let generation = self.poll();
+        (self.drops.get() == drops).then_some(Watched { generation, added })
+    }
+
+    /// Watches `dir`: `Some(true)` if newly, `Some(false)` if it already was.
+    fn add(&self, dir: &Path) -> Option<bool> {
+        let fd = self.fd.as_ref()?;
         if self.watched.borrow().contains_key(dir) {
-            return true;
+            return Some(false);
         }
         if self.watched.borrow().len() >= self.capacity {
             self.drop_all();
-            return false;
+            return None;
         }
-        let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
-            return false;
-        };
+        let c = CString::new(dir.as_os_str().as_bytes()).ok()?;
         // SAFETY: a valid descriptor and NUL-terminated path.
         let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), MASK) };
         if wd < 0 {
-            return false;
+            return None;
         }
         self.watched.borrow_mut().insert(dir.to_path_buf(), wd);
-        true
+        Some(true)
     }
 
     fn drop_all(&self) {
@@ -180,6 +207,7 @@ impl Watcher {
             {}
         }
         self.generation.set(self.generation.get() + 1);
+        self.drops.set(self.drops.get() + 1);
     }
 
     /// Directories watched now.
@@ -289,14 +317,10 @@ impl Snapshots {
         if !is_local_filesystem(dir) {
             return None;
         }
-        for d in tree.directories() {
-            if !self.watcher.watch(&d) {
-                return None;
-            }
-        }
+        let watched = self.watcher.watch_all(tree.directories())?;
         Some(Pending {
             dir: dir.to_path_buf(),
-            generation: self.watcher.poll(),
+            generation: watched.generation,
         })
     }
 
@@ -386,7 +410,15 @@ mod tests {
         let dir = d.path().canonicalize().unwrap();
         std::fs::write(dir.join("a.txt"), "a").unwrap();
         let w = Watcher::new(4);
-        assert!(w.watch(&dir));
+        let first = w.watch_all([&dir]).unwrap();
+        assert!(first.added);
+        assert_eq!(
+            w.watch_all([&dir]).unwrap(),
+            Watched {
+                added: false,
+                ..first
+            }
+        );
         let g = w.poll();
         std::fs::read(dir.join("a.txt")).unwrap();
         assert_eq!(w.poll(), g, "reads raise no event");
@@ -398,9 +430,28 @@ mod tests {
             std::fs::create_dir(s).unwrap();
         }
         let g = w.poll();
-        let ok: Vec<bool> = subs.iter().map(|s| w.watch(s)).collect();
+        let ok: Vec<bool> = subs.iter().map(|s| w.watch_all([s]).is_some()).collect();
         assert_eq!(ok, [true, true, true, false, true]);
         assert!(w.poll() > g);
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn watches_lost_while_being_set_up_vouch_for_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().canonicalize().unwrap();
+        let (gone, kept) = (dir.join("gone"), dir.join("kept"));
+        std::fs::create_dir(&gone).unwrap();
+        std::fs::create_dir(&kept).unwrap();
+        let w = Watcher::new(16);
+        w.watch_all([&gone]).unwrap();
+        // Its removal queues IN_IGNORED, found by the drain inside the next call:
+        // every watch is dropped then, `kept`'s just added one included.
+        std::fs::remove_dir(&gone).unwrap();
+        assert_eq!(w.watch_all([&kept]), None);
+        assert!(w.is_empty());
+        // The next try starts clean.
+        assert!(w.watch_all([&kept]).unwrap().added);
         assert_eq!(w.len(), 1);
     }
 }

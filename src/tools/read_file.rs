@@ -64,9 +64,10 @@ impl Excerpt {
 fn resolve_watched(cx: &CallContext<'_>, path: &str) -> Result<Resolved, ToolResult> {
     let storage = &cx.shard.storage;
     let watcher = storage.snapshots.watcher();
-    if let Some(r) = storage.resolutions.get(watcher, path) {
-        return Ok(r);
-    }
+    let before = match storage.resolutions.get(watcher, path) {
+        Ok(r) => return Ok(r),
+        Err(generation) => generation,
+    };
     let first = resolve(cx, path)?;
     if first.file.is_none() {
         return Ok(first);
@@ -84,14 +85,19 @@ fn resolve_watched(cx: &CallContext<'_>, path: &str) -> Result<Resolved, ToolRes
     let Some(root) = storage.roots.root_of(&first.real) else {
         return Ok(first);
     };
-    let Some(generation) = storage.resolutions.begin(watcher, root, &first.real) else {
+    let Some(watched) = storage.resolutions.begin(watcher, root, &first.real) else {
         return Ok(first);
     };
+    if !watched.added && watched.generation == before {
+        // Watched all along and nothing changed: `first` is current.
+        storage.resolutions.keep(path, before, &first);
+        return Ok(first);
+    }
     // Again, now that the watches are in place: what this finds is current as of
-    // `generation`, and any later change moves it.
+    // `watched.generation`, and any later change moves it.
     let again = resolve(cx, path)?;
     if again.real == first.real && again.file.is_some() {
-        storage.resolutions.keep(path, generation, &again);
+        storage.resolutions.keep(path, watched.generation, &again);
     }
     Ok(again)
 }
