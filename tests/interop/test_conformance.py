@@ -1,8 +1,10 @@
 """The official MCP conformance suite (@modelcontextprotocol/conformance) against coremcp.
 
 The scenarios here are the ones any tool server can pass; the tools-call-* ones
-need the suite's own fixture tools (test_simple_text …), which a production server
-does not ship. scripts/test.sh installs Node 22 and the suite and sets
+(and json-schema-2020-12) need the suite's own fixture tools (test_simple_text …),
+which a production server does not ship, and the logging, completion, resources and
+prompts ones need capabilities coremcp does not declare. server-sse-polling checks
+nothing against a server that answers POSTs with JSON (0/0). scripts/test.sh installs Node 22 and the suite and sets
 CONFORMANCE_NODE / CONFORMANCE_CLI.
 """
 
@@ -11,7 +13,13 @@ import subprocess
 
 import pytest
 
-SCENARIOS = ["server-initialize", "ping", "tools-list", "dns-rebinding-protection"]
+SCENARIOS = [
+    "server-initialize",
+    "ping",
+    "tools-list",
+    "dns-rebinding-protection",
+    "server-sse-multiple-streams",
+]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
