@@ -108,20 +108,31 @@ fn storage_and_tools(c: &mut Criterion) {
     let lookup = json!({"sql": "SELECT id, sku, name, price, qty FROM items WHERE sku = ?1",
                         "params": [fixture::sku(4242)]});
     let search = json!({"query": "needle_marker", "path": "src"});
+    // The same shard with query_db's answer cache off: every call runs SQLite.
+    let sqlite = fixture::shard_with(&corpus.root, Some(&corpus.db), |c| {
+        c.tools.insert(
+            "query_db".into(),
+            coremcp::config::ToolConfig {
+                cache: false,
+                ..Default::default()
+            },
+        );
+    });
     let mut g = c.benchmark_group("tool");
-    for (name, tool, args) in [
-        ("read_file_small", "read_file", &read),
-        ("query_db_point_lookup", "query_db", &lookup),
-        ("search_code_2000_files", "search_code", &search),
+    for (name, tool, args, shard) in [
+        ("read_file_small", "read_file", &read, &shard),
+        ("query_db_point_lookup", "query_db", &lookup, &sqlite),
+        ("query_db_answer_kept", "query_db", &lookup, &shard),
+        ("search_code_2000_files", "search_code", &search, &shard),
     ] {
         assert!(
-            !LocalExecutor::default().run(call(&shard, tool, args)),
+            !LocalExecutor::default().run(call(shard, tool, args)),
             "{name} fails"
         );
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 on_executor(iters, || async {
-                    black_box(call(&shard, tool, args).await);
+                    black_box(call(shard, tool, args).await);
                 })
             })
         });
@@ -135,6 +146,7 @@ fn storage_and_tools(c: &mut Criterion) {
         (
             "read_file",
             http_request("tools/call", Some(("read_file", read.clone()))),
+            &shard,
         ),
         // 1 MiB file: read_file answers its first 256 KiB (MAX_READ_BYTES).
         (
@@ -143,23 +155,31 @@ fn storage_and_tools(c: &mut Criterion) {
                 "tools/call",
                 Some(("read_file", json!({"path": "big.txt"}))),
             ),
+            &shard,
         ),
         (
             "query_db",
             http_request("tools/call", Some(("query_db", lookup.clone()))),
+            &sqlite,
+        ),
+        (
+            "query_db_answer_kept",
+            http_request("tools/call", Some(("query_db", lookup.clone()))),
+            &shard,
         ),
         (
             "search_code",
             http_request("tools/call", Some(("search_code", search.clone()))),
+            &shard,
         ),
-        ("tools_list", http_request("tools/list", None)),
+        ("tools_list", http_request("tools/list", None), &shard),
     ];
-    for (name, req) in &cases {
+    for (name, req, shard) in &cases {
         let head = frame::parse_head(req, 64).unwrap().unwrap();
         let body = &req[head.len..];
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
         LocalExecutor::default().run(route::respond(
-            &shard,
+            shard,
             req,
             &head,
             body,
@@ -181,7 +201,7 @@ fn storage_and_tools(c: &mut Criterion) {
                         let head = frame::parse_head(req, 64).unwrap().unwrap();
                         out.clear();
                         route::respond(
-                            &shard,
+                            shard,
                             req,
                             &head,
                             &req[head.len..],
