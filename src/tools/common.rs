@@ -163,14 +163,32 @@ pub mod testing {
     use crate::tools::{CallContext, CancelFlag, Content, Tool, ToolResult};
 
     pub fn shard(roots: Vec<PathBuf>, databases: Vec<Database>) -> Shard {
-        shard_from(Config {
+        shard_from(config(roots, databases))
+    }
+
+    /// A shard over `roots` and `databases` on which `tool` is configured with
+    /// `cache = false`.
+    pub fn uncached_shard(tool: &str, roots: Vec<PathBuf>, databases: Vec<Database>) -> Shard {
+        let mut config = config(roots, databases);
+        config.tools.insert(
+            tool.to_string(),
+            crate::config::ToolConfig {
+                cache: false,
+                ..crate::config::ToolConfig::default()
+            },
+        );
+        shard_from(config)
+    }
+
+    fn config(roots: Vec<PathBuf>, databases: Vec<Database>) -> Config {
+        Config {
             roots: roots
                 .into_iter()
                 .map(|r| r.canonicalize().unwrap())
                 .collect(),
             databases,
             ..Config::default()
-        })
+        }
     }
 
     /// A shard serving exactly `config`.

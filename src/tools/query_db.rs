@@ -935,19 +935,7 @@ pub(crate) mod tests {
     fn no_answers_are_kept_when_the_tool_does_not_cache() {
         let d = tempfile::tempdir().unwrap();
         let db = make_db(d.path(), "main");
-        let mut tools = std::collections::BTreeMap::new();
-        tools.insert(
-            "query_db".to_string(),
-            crate::config::ToolConfig {
-                cache: false,
-                ..crate::config::ToolConfig::default()
-            },
-        );
-        let s = crate::tools::common::testing::shard_from(crate::config::Config {
-            databases: vec![db],
-            tools,
-            ..crate::config::Config::default()
-        });
+        let s = crate::tools::common::testing::uncached_shard("query_db", vec![], vec![db]);
         for _ in 0..3 {
             assert_eq!(
                 rows(&call(

@@ -480,19 +480,11 @@ mod tests {
     fn no_resolution_is_kept_when_the_tool_does_not_cache() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.txt"), "a\n").unwrap();
-        let mut tools = std::collections::BTreeMap::new();
-        tools.insert(
-            "read_file".to_string(),
-            crate::config::ToolConfig {
-                cache: false,
-                ..crate::config::ToolConfig::default()
-            },
+        let s = crate::tools::common::testing::uncached_shard(
+            "read_file",
+            vec![dir.path().into()],
+            vec![],
         );
-        let s = crate::tools::common::testing::shard_from(crate::config::Config {
-            roots: vec![dir.path().canonicalize().unwrap()],
-            tools,
-            ..crate::config::Config::default()
-        });
         assert_eq!(read(&s, "a.txt"), "a\n");
         assert_eq!(read(&s, "a.txt"), "a\n");
         assert!(s.storage.resolutions.is_empty());

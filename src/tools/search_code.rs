@@ -820,19 +820,11 @@ mod tests {
     fn no_snapshot_when_the_tool_does_not_cache() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("a.rs"), "Foo\n").unwrap();
-        let mut tools = std::collections::BTreeMap::new();
-        tools.insert(
-            "search_code".to_string(),
-            crate::config::ToolConfig {
-                cache: false,
-                ..crate::config::ToolConfig::default()
-            },
+        let s = crate::tools::common::testing::uncached_shard(
+            "search_code",
+            vec![d.path().into()],
+            vec![],
         );
-        let s = crate::tools::common::testing::shard_from(crate::config::Config {
-            roots: vec![d.path().canonicalize().unwrap()],
-            tools,
-            ..crate::config::Config::default()
-        });
         settled(&s);
         for _ in 0..2 {
             assert_eq!(
