@@ -50,6 +50,13 @@ impl Shard {
         metrics: Arc<Metrics>,
     ) -> Result<Shard, String> {
         let storage = Storage::new(&config)?;
+        if !storage.snapshots.watcher().available() || !storage.dbs.results.watching() {
+            crate::log!(
+                Warn,
+                "inotify is unavailable: search snapshots, kept read resolutions or query_db answers are off on this shard; raise fs.inotify.max_user_instances (tuning/BARE-METAL.md)",
+                shard = id,
+            );
+        }
         let tools = Registry::configured(&config);
         Ok(Shard {
             id,

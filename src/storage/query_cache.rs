@@ -111,6 +111,11 @@ impl QueryCache {
         }
     }
 
+    /// False when answers would be kept but inotify could not be had.
+    pub fn watching(&self) -> bool {
+        self.capacity == 0 || self.watcher.available()
+    }
+
     pub fn stats(&self) -> QueryCacheStats {
         self.stats.get()
     }

@@ -105,7 +105,9 @@ pub struct Watched {
 
 impl Watcher {
     pub fn new(capacity: usize) -> Watcher {
-        // SAFETY: plain syscall; the descriptor is owned from here on.
+        // SAFETY: plain syscall; the descriptor is owned from here on. On failure
+        // (EMFILE: `fs.inotify.max_user_instances`), the caches that rely on it
+        // are off and the shard says so at start.
         let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         Watcher {
             fd: (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) }),
@@ -114,6 +116,12 @@ impl Watcher {
             drops: Cell::new(0),
             capacity,
         }
+    }
+
+    /// Whether this watcher has an inotify descriptor (and so can vouch for
+    /// anything).
+    pub fn available(&self) -> bool {
+        self.fd.is_some()
     }
 
     /// Reads every queued event and returns the generation after them.
