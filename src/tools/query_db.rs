@@ -150,6 +150,18 @@ fn cache_key(db: &str, sql: &str, params: &Params, max_rows: usize) -> Vec<u8> {
     k
 }
 
+/// What a kept answer holds in memory, near enough to bound the cache by: the
+/// text, and the structured copy — each value's `Value` slot and each row's
+/// vector besides the value bytes (which the text holds about once too). For
+/// 10,000 rows of small integers the slots are 30 times the text.
+fn kept_size(rows: &Rows, text_len: usize) -> usize {
+    const SLOT: usize = std::mem::size_of::<Value>();
+    const ROW: usize = std::mem::size_of::<Vec<Value>>() + SLOT;
+    let slots = rows.rows.len() * (ROW + rows.columns.len() * SLOT);
+    let names: usize = rows.columns.iter().map(|c| c.len() + SLOT).sum();
+    2 * text_len + slots + names + 256
+}
+
 /// Runs one read-only statement, collecting its rows; on the shard or a pool thread.
 fn query(c: &Conn, sql: &str, params: &Params, max_rows: usize) -> Result<Rows, DbError> {
     let mut rows = Vec::new();
@@ -493,8 +505,7 @@ impl Tool for QueryDb {
                     }
                     let keep = pending.filter(|_| known.or(learned) == Some(true));
                     let text = render(&db.name, &rows, max_rows);
-                    // The text holds every value once and the structured copy again.
-                    let text_len = text.len();
+                    let kept_bytes = kept_size(&rows, text.len());
                     // Built by moving the rows in: `json!` would copy every value.
                     let mut structured = Map::new();
                     structured.insert("db".into(), Value::String(db.name.clone()));
@@ -509,7 +520,7 @@ impl Tool for QueryDb {
                     structured.insert("truncated".into(), Value::Bool(rows.truncated));
                     let result = ToolResult::structured(Value::Object(structured), text);
                     if let Some(p) = keep {
-                        results.store(p, &result, 2 * text_len + 64);
+                        results.store(p, &result, kept_bytes);
                     }
                     result
                 }
@@ -929,6 +940,32 @@ pub(crate) mod tests {
             call(&s, "query_db", json!({ "sql": sql }));
         }
         assert_eq!(kept(&s).hits, 2);
+    }
+
+    #[test]
+    fn kept_answers_stay_within_their_byte_bound() {
+        let d = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config {
+            databases: vec![make_db(d.path(), "main")],
+            ..crate::config::Config::default()
+        };
+        config.cache.query_result_bytes = 4 << 20;
+        let s = crate::tools::common::testing::shard_from(config);
+        let many = json!({"sql": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000) SELECT i FROM n", "max_rows": 10000});
+        for _ in 0..2 {
+            let r = call(&s, "query_db", many.clone());
+            assert_eq!(rows(&r).as_array().unwrap().len(), 10000);
+        }
+        // 10,000 one-integer rows are ~70 KiB of text but ~900 KiB of `Value`s:
+        // more than an eighth of the 4 MiB budget, so not kept.
+        assert_eq!(kept(&s).hits, 0);
+        assert!(s.storage.dbs.results.is_empty());
+        let few = json!({"sql": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) SELECT i FROM n"});
+        call(&s, "query_db", few.clone());
+        call(&s, "query_db", few);
+        assert_eq!(kept(&s).hits, 1);
+        assert!(s.storage.dbs.results.bytes() <= 4 << 20);
+        assert!(s.storage.dbs.results.bytes() > 100 * std::mem::size_of::<Value>());
     }
 
     #[test]
