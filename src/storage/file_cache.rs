@@ -124,7 +124,8 @@ impl CachedFile {
     }
 }
 
-/// Lines in `text`: its newlines, plus one for an unterminated last line.
+/// Lines as an editor counts them: the newlines of `text`, plus one for an
+/// unterminated last line.
 pub fn count_lines(text: &[u8]) -> usize {
     let newlines = memchr::memchr_iter(b'\n', text).count();
     newlines + usize::from(!text.is_empty() && !text.ends_with(b"\n"))

@@ -320,7 +320,6 @@ const HUGE_READ_BUFFER: usize = 256 * 1024;
 /// Lines between deadline checks while skipping to an offset in a huge file.
 const HUGE_CHECK_EVERY_LINES: usize = 4096;
 
-/// Lines as an editor counts them: a final line without `\n` counts.
 /// The byte offset where 1-based line `n` starts.
 fn line_start(text: &str, n: usize) -> usize {
     if n <= 1 {
