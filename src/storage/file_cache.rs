@@ -406,6 +406,13 @@ pub(crate) fn coarse_now_ns() -> i128 {
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
+/// A clock an hour ahead of [`coarse_now_ns`]: every file looks settled, so the
+/// caches that refuse "racily" recent files keep what tests just wrote.
+#[cfg(test)]
+pub(crate) fn an_hour_ahead() -> i128 {
+    coarse_now_ns() + 3600 * 1_000_000_000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,18 +423,13 @@ mod tests {
         glommio::LocalExecutor::default().run(f)
     }
 
-    /// A clock an hour ahead: every file looks old, so everything is cacheable.
-    fn future_clock() -> i128 {
-        coarse_now_ns() + 3600 * 1_000_000_000
-    }
-
     #[test]
     fn hit_then_invalidated_by_change_and_delete() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f.txt");
         std::fs::write(&p, "one").unwrap();
         let cache = FileCache::new(1024);
-        cache.set_clock(future_clock);
+        cache.set_clock(an_hour_ahead);
         run(async {
             assert_eq!(&*cache.read(&p).await.unwrap().bytes, b"one");
             assert_eq!(&*cache.read(&p).await.unwrap().bytes, b"one");
@@ -499,7 +501,7 @@ mod tests {
         }
         // Room for eight 10-byte files; each is exactly the largest cacheable entry.
         let cache = FileCache::new(10 * MAX_CACHED_FILE_FRACTION);
-        cache.set_clock(future_clock);
+        cache.set_clock(an_hour_ahead);
         run(async {
             for p in &paths[..8] {
                 cache.read(p).await.unwrap();

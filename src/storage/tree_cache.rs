@@ -295,7 +295,7 @@ mod tests {
         fs::write(root.join(".hidden"), "").unwrap();
         fs::write(root.join(".gitignore"), "*.log\n").unwrap();
         let cache = TreeCache {
-            now_ns: Cell::new(|| coarse_now_ns() + 3600 * 1_000_000_000),
+            now_ns: Cell::new(crate::storage::file_cache::an_hour_ahead),
             ..TreeCache::default()
         };
         let names = |t: &Tree| -> Vec<String> {
@@ -358,7 +358,7 @@ mod tests {
         std::fs::write(root.join("keep.rs"), "a").unwrap();
         std::fs::write(root.join("secret.rs"), "b").unwrap();
         // A clock an hour ahead, so nothing just written counts as racy.
-        let later = || coarse_now_ns() + 3600 * 1_000_000_000;
+        let later = crate::storage::file_cache::an_hour_ahead;
         let tree = Tree::walk(&root, &root, later);
         assert_eq!(tree.files.len(), 2);
         assert!(tree.is_fresh());

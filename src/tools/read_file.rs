@@ -437,7 +437,7 @@ mod tests {
         // stale resolution (an old fingerprint) would then be served old contents.
         s.storage
             .files
-            .set_clock(|| crate::storage::file_cache::coarse_now_ns() + 3_600_000_000_000);
+            .set_clock(crate::storage::file_cache::an_hour_ahead);
         let kept = || s.storage.resolutions.len();
         assert_eq!(read(&s, "d/e/f.txt"), "one\n");
         assert_eq!(kept(), 1, "a plain path's resolution is kept");

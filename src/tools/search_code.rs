@@ -744,7 +744,7 @@ mod tests {
     fn settled(s: &crate::shard::Shard) {
         s.storage
             .trees
-            .set_clock(|| crate::storage::file_cache::coarse_now_ns() + 3_600_000_000_000);
+            .set_clock(crate::storage::file_cache::an_hour_ahead);
     }
 
     /// Changes within one tick of the filesystem clock leave a directory's
