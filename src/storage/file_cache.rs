@@ -270,7 +270,7 @@ impl FileCache {
                 return Ok(hit);
             }
         }
-        self.bump(|s| s.misses += 1);
+        super::bump(&self.stats, |s| s.misses += 1);
         if fp.size > MAX_FILE_BYTES {
             return Err(FileError::TooLarge(fp.size));
         }
@@ -306,12 +306,6 @@ impl FileCache {
         Ok(file)
     }
 
-    fn bump(&self, f: impl FnOnce(&mut CacheStats)) {
-        let mut s = self.stats.get();
-        f(&mut s);
-        self.stats.set(s);
-    }
-
     fn lookup(&self, path: &Path, fp: &Fingerprint) -> Option<Rc<CachedFile>> {
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
@@ -328,7 +322,7 @@ impl FileCache {
         inner.order.insert(inner.tick, key);
         let file = entry.file.clone();
         drop(guard);
-        self.bump(|s| s.hits += 1);
+        super::bump(&self.stats, |s| s.hits += 1);
         Some(file)
     }
 
@@ -363,7 +357,7 @@ impl FileCache {
         inner.bytes += size;
         drop(inner);
         if evicted > 0 {
-            self.bump(|s| s.evictions += evicted);
+            super::bump(&self.stats, |s| s.evictions += evicted);
         }
     }
 }

@@ -13,6 +13,8 @@ pub mod roots;
 pub mod tree_cache;
 pub mod watch;
 
+use std::cell::Cell;
+
 use crate::config::Config;
 
 use db::Databases;
@@ -44,4 +46,12 @@ impl Storage {
             resolutions: Resolutions::new(resolutions::MAX_RESOLUTIONS),
         })
     }
+}
+
+/// Updates a cache's shard-local counts in place (they live in a `Cell`, read
+/// whole by `stats()` and the metrics).
+pub(crate) fn bump<T: Copy>(stats: &Cell<T>, f: impl FnOnce(&mut T)) {
+    let mut s = stats.get();
+    f(&mut s);
+    stats.set(s);
 }

@@ -161,16 +161,13 @@ impl QueryCache {
         }
         let hit = inner.map.get(key.as_slice()).map(|e| e.result.clone());
         drop(inner);
-        let mut s = self.stats.get();
         match hit {
             Some(r) => {
-                s.hits += 1;
-                self.stats.set(s);
+                super::bump(&self.stats, |s| s.hits += 1);
                 Ok(r)
             }
             None => {
-                s.misses += 1;
-                self.stats.set(s);
+                super::bump(&self.stats, |s| s.misses += 1);
                 Err(Some(Pending {
                     key: key.into(),
                     generation,
@@ -227,9 +224,7 @@ impl QueryCache {
         assert!(inner.map.len() <= self.capacity, "the entry bound holds");
         drop(inner);
         if evicted > 0 {
-            let mut s = self.stats.get();
-            s.evictions += evicted;
-            self.stats.set(s);
+            super::bump(&self.stats, |s| s.evictions += evicted);
         }
     }
 }

@@ -250,13 +250,13 @@ impl TreeCache {
     }
 
     fn count(&self, walked: bool) {
-        let mut s = self.stats.get();
-        if walked {
-            s.walked += 1;
-        } else {
-            s.reused += 1;
-        }
-        self.stats.set(s);
+        super::bump(&self.stats, |s| {
+            if walked {
+                s.walked += 1;
+            } else {
+                s.reused += 1;
+            }
+        });
     }
 
     fn remember(&self, dir: &Path, tree: Arc<Tree>) {
@@ -271,9 +271,7 @@ impl TreeCache {
                 .map(|(p, _)| p.clone());
             if let Some(p) = oldest {
                 trees.remove(&p);
-                let mut s = self.stats.get();
-                s.evictions += 1;
-                self.stats.set(s);
+                super::bump(&self.stats, |s| s.evictions += 1);
             }
         }
     }

@@ -311,9 +311,7 @@ impl Snapshots {
             return None;
         }
         let snap = map.get(dir).cloned()?;
-        let mut s = self.stats.get();
-        s.used += 1;
-        self.stats.set(s);
+        super::bump(&self.stats, |s| s.used += 1);
         Some(snap)
     }
 
@@ -364,9 +362,7 @@ impl Snapshots {
                 bytes,
             }),
         );
-        let mut s = self.stats.get();
-        s.built += 1;
-        self.stats.set(s);
+        super::bump(&self.stats, |s| s.built += 1);
     }
 }
 
