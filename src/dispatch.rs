@@ -843,7 +843,7 @@ fn write_call_result(
         let message = result
             .content
             .first()
-            .map_or("internal error", |Content::Text(t)| t.as_str());
+            .map_or("internal error", Content::text);
         return reply_error(out, Some(id), jsonrpc::INTERNAL_ERROR, message, None, 200);
     }
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");

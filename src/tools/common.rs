@@ -160,7 +160,7 @@ pub mod testing {
     use crate::config::{Config, Database};
     use crate::protocol::session::SessionTable;
     use crate::shard::Shard;
-    use crate::tools::{CallContext, CancelFlag, Content, Tool, ToolResult};
+    use crate::tools::{CallContext, CancelFlag, Tool, ToolResult};
 
     pub fn shard(roots: Vec<PathBuf>, databases: Vec<Database>) -> Shard {
         shard_from(config(roots, databases))
@@ -236,9 +236,7 @@ pub mod testing {
 
     /// The first text block.
     pub fn text(r: &ToolResult) -> &str {
-        match &r.content[0] {
-            Content::Text(t) => t,
-        }
+        r.content[0].text()
     }
 
     /// Asserts a call failed and its message contains `needle`.

@@ -15,6 +15,7 @@ pub mod search_code;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +23,7 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 
 use crate::shard::Shard;
+use crate::storage::file_cache::CachedFile;
 
 /// A future a tool returns; it lives on one shard.
 pub type ToolFuture<'a> = Pin<Box<dyn Future<Output = ToolResult> + 'a>>;
@@ -85,9 +87,41 @@ impl ToolSpec {
 }
 
 /// One content block of a result. Only text is produced today.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum Content {
     Text(String),
+    /// A cached file's whole text, shared with the file cache rather than copied
+    /// out, and sent from the JSON form the cache keeps for it (see
+    /// [`FileCache::keep_json`](crate::storage::file_cache::FileCache::keep_json)).
+    File(Rc<CachedFile>),
+}
+
+impl Content {
+    pub fn text(&self) -> &str {
+        match self {
+            Content::Text(t) => t,
+            Content::File(f) => f.text().expect("only text files become content"),
+        }
+    }
+
+    /// The block as JSON, into `out`.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
+        match self {
+            Content::Text(t) => {
+                sonic_rs::to_writer(&mut *out, t.as_str()).expect("writing to a Vec cannot fail")
+            }
+            Content::File(f) => f.write_json_text(out),
+        }
+        out.push(b'}');
+    }
+}
+
+/// Blocks are equal when they say the same: where the text lives does not matter.
+impl PartialEq for Content {
+    fn eq(&self, other: &Content) -> bool {
+        self.text() == other.text()
+    }
 }
 
 /// The outcome of a call, as `CallToolResult` carries it.
@@ -106,6 +140,15 @@ impl ToolResult {
     pub fn text(text: impl Into<String>) -> ToolResult {
         ToolResult {
             content: vec![Content::Text(text.into())],
+            structured: None,
+            is_error: false,
+        }
+    }
+
+    /// A cached file's whole text, sent without copying it out of the cache.
+    pub fn file(file: Rc<CachedFile>) -> ToolResult {
+        ToolResult {
+            content: vec![Content::File(file)],
             structured: None,
             is_error: false,
         }
@@ -139,14 +182,7 @@ impl ToolResult {
             if i > 0 {
                 out.push(b',');
             }
-            match c {
-                Content::Text(t) => {
-                    out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
-                    sonic_rs::to_writer(&mut *out, t.as_str())
-                        .expect("writing to a Vec cannot fail");
-                    out.push(b'}');
-                }
-            }
+            c.write_json(out);
         }
         out.push(b']');
         if let Some(s) = &self.structured {
@@ -167,9 +203,7 @@ impl ToolResult {
         let content: Vec<Value> = self
             .content
             .iter()
-            .map(|c| match c {
-                Content::Text(t) => json!({"type": "text", "text": t}),
-            })
+            .map(|c| json!({"type": "text", "text": c.text()}))
             .collect();
         let mut out = Map::new();
         out.insert("content".into(), Value::Array(content));

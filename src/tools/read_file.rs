@@ -1,10 +1,12 @@
 //! `read_file`: a text file's content, a window of lines at a time.
 
+use std::rc::Rc;
+
 use serde_json::{json, Map, Value};
 
 use super::common::{input_schema, no_unknown_args, opt_int, req_str, resolve};
 use super::{Annotations, CallContext, Tool, ToolFuture, ToolResult, ToolSpec};
-use crate::storage::file_cache::{FileError, BINARY_SNIFF_BYTES};
+use crate::storage::file_cache::{CachedFile, FileError, BINARY_SNIFF_BYTES};
 use crate::storage::roots::Resolved;
 
 /// Bytes of file content one answer carries; the rest is left for another call.
@@ -15,7 +17,7 @@ pub const MAX_LINE_ARG: u64 = u32::MAX as u64;
 /// A window of a text file, ready to send.
 pub struct Excerpt {
     pub display: String,
-    pub text: String,
+    pub text: ExcerptText,
     /// The first line returned, 1-based.
     pub first: usize,
     /// The last line returned (inclusive); `first - 1` when none were.
@@ -26,6 +28,33 @@ pub struct Excerpt {
     pub total_known: bool,
     /// Lines were left out because of the byte cap (not because of `limit`).
     pub truncated: bool,
+}
+
+/// An excerpt's text: the lines copied out of the file, or the whole of a file,
+/// shared with the file cache instead of copied (the common call).
+pub enum ExcerptText {
+    Window(String),
+    Whole(Rc<CachedFile>),
+}
+
+impl ExcerptText {
+    pub fn into_string(self) -> String {
+        match self {
+            ExcerptText::Window(s) => s,
+            ExcerptText::Whole(_) => self.to_string(),
+        }
+    }
+}
+
+impl std::ops::Deref for ExcerptText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            ExcerptText::Window(s) => s,
+            ExcerptText::Whole(f) => f.text().expect("only text files become excerpts"),
+        }
+    }
 }
 
 impl Excerpt {
@@ -166,7 +195,7 @@ pub async fn read_excerpt(
         // The whole file, the common call: no need to walk it line by line.
         return Ok(Excerpt {
             display,
-            text: text.to_string(),
+            text: ExcerptText::Whole(file.clone()),
             first: 1,
             last: total_lines,
             total_lines,
@@ -197,7 +226,7 @@ pub async fn read_excerpt(
     }
     Ok(Excerpt {
         display,
-        text: text[start..end].to_string(),
+        text: ExcerptText::Window(text[start..end].to_string()),
         first: offset,
         last,
         total_lines,
@@ -304,7 +333,7 @@ async fn read_huge(
     };
     Ok(Excerpt {
         display,
-        text,
+        text: ExcerptText::Window(text),
         first: offset,
         last,
         // Unknown without reading the whole file: one more than the last line
@@ -393,7 +422,11 @@ impl Tool for ReadFile {
             match read_excerpt(cx, "read_file", &path, offset, limit, MAX_READ_BYTES).await {
                 Ok(ex) => {
                     let note = ex.note();
-                    let mut text = ex.text;
+                    if let (ExcerptText::Whole(file), None) = (&ex.text, &note) {
+                        cx.shard.storage.files.keep_json(file);
+                        return ToolResult::file(file.clone());
+                    }
+                    let mut text = ex.text.into_string();
                     if let Some(note) = note {
                         if !text.is_empty() && !text.ends_with('\n') {
                             text.push('\n');

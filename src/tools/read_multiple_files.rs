@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::common::{input_schema, join_all, no_unknown_args, LocalBoxFuture};
 use super::read_file::{read_excerpt, Excerpt, MAX_READ_BYTES};
-use super::{Annotations, CallContext, Content, Tool, ToolFuture, ToolResult, ToolSpec};
+use super::{Annotations, CallContext, Tool, ToolFuture, ToolResult, ToolSpec};
 
 /// Files one call may name.
 pub const MAX_FILES_PER_CALL: usize = 64;
@@ -132,11 +132,11 @@ impl Tool for ReadMultipleFiles {
                     }
                     Ok(ex) => {
                         total += ex.text.len();
-                        text.push_str(&format!("=== {} ===\n{}", ex.display, ex.text));
+                        text.push_str(&format!("=== {} ===\n{}", ex.display, &*ex.text));
                         if !ex.text.is_empty() && !ex.text.ends_with('\n') {
                             text.push('\n');
                         }
-                        let mut entry = json!({"path": ex.display, "content": ex.text, "truncated": ex.truncated});
+                        let mut entry = json!({"path": ex.display, "content": &*ex.text, "truncated": ex.truncated});
                         if let Some(note) = ex.note() {
                             text.push_str(&note);
                             text.push('\n');
@@ -146,7 +146,7 @@ impl Tool for ReadMultipleFiles {
                     }
                     Err(e) => {
                         failures += 1;
-                        let Content::Text(msg) = &e.content[0];
+                        let msg = e.content[0].text();
                         text.push_str(&format!("=== {path} ===\nerror: {msg}\n"));
                         files.push(json!({"path": path, "error": msg}));
                     }

@@ -204,9 +204,7 @@ fn parse(body: &[u8], max_depth: usize) -> Result<Value, String> {
 fn text_of(r: &ToolResult) -> String {
     r.content
         .iter()
-        .map(|c| match c {
-            Content::Text(t) => t.as_str(),
-        })
+        .map(Content::text)
         .collect::<Vec<_>>()
         .join("\n")
 }
