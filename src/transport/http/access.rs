@@ -52,7 +52,11 @@ pub fn check(
 }
 
 fn is_loopback_name(name: &[u8]) -> bool {
-    if name.eq_ignore_ascii_case(b"localhost") || name == b"::1" || name == b"[::1]" {
+    if name == b"127.0.0.1"
+        || name.eq_ignore_ascii_case(b"localhost")
+        || name == b"::1"
+        || name == b"[::1]"
+    {
         return true;
     }
     std::str::from_utf8(name)
