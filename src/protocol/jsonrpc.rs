@@ -136,10 +136,19 @@ fn parse_one(item: &[u8]) -> Result<Message<'_>, String> {
 /// `tools/call` body. Malformed input (an unterminated string) is left for the
 /// parser to report; this pass only bounds depth.
 pub fn check_depth(body: &[u8], max: usize) -> Result<(), String> {
-    // Depth never exceeds the number of opening brackets, and memchr counts
-    // those with SIMD: a request with few brackets (nearly all of them) needs no
-    // string-aware pass at all.
-    let opening = memchr::memchr2_iter(b'[', b'{', body).count();
+    // Depth never exceeds the number of opening brackets: a request with few
+    // brackets (nearly all of them) needs no string-aware pass at all. Counted in
+    // byte-wide lanes, which compile to a vector loop; memchr's iterator paid its
+    // set-up at every bracket (~0.6k instructions on a 270-byte call).
+    let opening: usize = body
+        .chunks(u8::MAX as usize)
+        .map(|chunk| {
+            let n = chunk
+                .iter()
+                .fold(0u8, |n, &b| n + u8::from((b == b'[') | (b == b'{')));
+            usize::from(n)
+        })
+        .sum();
     if opening <= max {
         return Ok(());
     }
