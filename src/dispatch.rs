@@ -1072,10 +1072,11 @@ fn reply_error(
     Outcome::error(status)
 }
 
-/// Answers the messages of a JSON-RPC batch (2025-03-26) as one array in `out`,
-/// which stays empty when none of them has an answer (only notifications and
-/// responses). The transport has checked that a batch is allowed here.
+/// Appends the answers to the messages of a JSON-RPC batch (2025-03-26) to `out`
+/// as one array, or nothing when none of them has an answer (only notifications
+/// and responses). The transport has checked that a batch is allowed here.
 pub async fn handle_batch(shard: &Shard, via: &Via<'_>, msgs: &[Message<'_>], out: &mut Vec<u8>) {
+    let start = out.len();
     out.push(b'[');
     let mut any = false;
     for msg in msgs {
@@ -1104,7 +1105,7 @@ pub async fn handle_batch(shard: &Shard, via: &Via<'_>, msgs: &[Message<'_>], ou
     if any {
         out.push(b']');
     } else {
-        out.clear();
+        out.truncate(start);
     }
 }
 

@@ -93,8 +93,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         start: 0,
         end: 0,
         wbuf: Vec::with_capacity(INITIAL_READ_BUFFER),
+        wstart: 0,
         body: Vec::new(),
-        json: Vec::new(),
         early: vec![0; EARLY_READ].into_boxed_slice(),
         pending: 0,
     };
@@ -116,11 +116,12 @@ struct Conn {
     rbuf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Responses to write are `wbuf[wstart..]`: bytes before `wstart` are room
+    /// an answer's head did not need (see `route::respond`).
     wbuf: Vec<u8>,
+    wstart: usize,
     /// A chunked request's decoded body.
     body: Vec<u8>,
-    /// A response body being built.
-    json: Vec<u8>,
     /// Where a pipelined request that arrives while a call runs is read to; a
     /// field, not a local, so that it is zeroed once per connection, not per request.
     early: Box<[u8]>,
@@ -269,6 +270,7 @@ impl Conn {
         };
         let keep_alive = head.keep_alive && !self.shard.draining.get();
         let mark = self.wbuf.len();
+        let mut skip = 0;
         let watched = {
             let answer = pin!(route::respond(
                 &self.shard,
@@ -277,16 +279,24 @@ impl Conn {
                 body,
                 keep_alive,
                 &mut self.wbuf,
-                &mut self.json,
+                &mut skip,
             ));
             answer_or_hangup(answer, &mut self.stream, &mut self.early).await
         };
         let (streaming, early_len) = match watched {
             Watched::Answered(streaming, n) => (streaming, n),
             // The client is gone: dropping the answer's future stopped the call.
-            Watched::HungUp => return Ok(Next::Close),
+            // Whatever it had begun to write goes too; earlier answers stay.
+            Watched::HungUp => {
+                self.wbuf.truncate(mark);
+                return Ok(Next::Close);
+            }
         };
-        count_status(&self.shard, &self.wbuf[mark..]);
+        if skip > 0 {
+            assert_eq!(mark, 0, "room is left only at the start of an empty buffer");
+            self.wstart = skip;
+        }
+        count_status(&self.shard, &self.wbuf[mark.max(self.wstart)..]);
         self.start += consumed;
         if self.start == self.end {
             self.start = 0;
@@ -299,10 +309,11 @@ impl Conn {
         }
         if let Some(job) = streaming {
             // Earlier pipelined answers go first, then the stream itself.
-            if !self.wbuf.is_empty() {
-                self.stream.write_all(&self.wbuf).await?;
-                self.wbuf.clear();
+            if self.wbuf.len() > self.wstart {
+                self.stream.write_all(&self.wbuf[self.wstart..]).await?;
             }
+            self.wbuf.clear();
+            self.wstart = 0;
             let reusable = match job {
                 Streaming::Ndjson(job) => {
                     direct::stream_ndjson(&self.shard, &mut self.stream, job, keep_alive).await
@@ -392,8 +403,9 @@ impl Conn {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
-            let r = self.stream.write_all(&self.wbuf).await;
+            let r = self.stream.write_all(&self.wbuf[self.wstart..]).await;
             self.wbuf.clear();
+            self.wstart = 0;
             self.shard.busy.set(self.shard.busy.get() - self.pending);
             self.pending = 0;
             r?;

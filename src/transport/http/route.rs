@@ -26,6 +26,11 @@ const ACCEPT_BOTH: &[u8] = b"application/json, text/event-stream";
 
 /// Answers one request, appending the whole response to `out`, or returns the
 /// streamed call the connection must write itself.
+///
+/// An MCP answer's body is written straight into `out` and its head into room
+/// left before it (see [`finish_mcp`]). When `out` was empty, what is left of that
+/// room stays at its start and `skip` says how many bytes of `out` to not send;
+/// otherwise the response is moved down to close the gap and `skip` is 0.
 pub async fn respond(
     shard: &Shard,
     buf: &[u8],
@@ -33,8 +38,9 @@ pub async fn respond(
     body: &[u8],
     keep_alive: bool,
     out: &mut Vec<u8>,
-    scratch: &mut Vec<u8>,
+    skip: &mut usize,
 ) -> Option<Streaming> {
+    *skip = 0;
     let field = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &buf[r]);
     let full_path = &buf[head.path.clone()];
     let path = full_path.split(|b| *b == b'?').next().unwrap_or(b"");
@@ -113,7 +119,7 @@ pub async fn respond(
 
     match (path, head.method) {
         (MCP_PATH, Some(Method::Post)) => {
-            return mcp_post(shard, buf, head, body, keep_alive, out, scratch).await;
+            return mcp_post(shard, buf, head, body, keep_alive, out, skip).await;
         }
         (MCP_PATH, Some(Method::Delete)) => mcp_delete(shard, field(&head.session_id), keep_alive, out),
         (MCP_PATH, _) => write_plain_error(
@@ -156,7 +162,7 @@ async fn mcp_post(
     body: &[u8],
     keep_alive: bool,
     out: &mut Vec<u8>,
-    json: &mut Vec<u8>,
+    skip: &mut usize,
 ) -> Option<Streaming> {
     let field = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &buf[r]);
     let is_json = field(&head.content_type).is_some_and(frame::is_json);
@@ -202,19 +208,24 @@ async fn mcp_post(
     };
     let via = Via::Http(meta);
 
-    json.clear();
+    // The body is written after room for the head, which needs its length.
+    let mark = out.len();
+    out.resize(mark + HEAD_ROOM, 0);
+    let json = out;
+    let body_at = json.len();
     let limits = &shard.config.limits;
     let single = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     if single && jsonrpc::check_depth(body, limits.max_json_depth).is_ok() {
         if let Some(outcome) = dispatch::handle_body(shard, &via, body, json).await {
             if let Some(job) = outcome.progress {
+                json.truncate(mark);
                 return Some(Streaming::Progress(job));
             }
             let status = if outcome.wrote { outcome.status } else { 202 };
-            finish_mcp(out, json, status, outcome.new_session, json_ok, keep_alive);
+            *skip = finish_mcp(json, mark, status, outcome.new_session, json_ok, keep_alive);
             return None;
         }
-        json.clear();
+        json.truncate(body_at);
     }
     let (status, session) = match jsonrpc::parse(body, limits.max_json_depth) {
         Err(ParseError::Json(e)) => {
@@ -228,6 +239,7 @@ async fn mcp_post(
         Ok(Parsed::Single(msg)) => {
             let outcome = dispatch::handle(shard, &via, &msg, json).await;
             if let Some(job) = outcome.progress {
+                json.truncate(mark);
                 return Some(Streaming::Progress(job));
             }
             (
@@ -237,7 +249,7 @@ async fn mcp_post(
         }
         Ok(Parsed::Batch(msgs)) => (batch(shard, &via, &msgs, json).await, None),
     };
-    finish_mcp(out, json, status, session, json_ok, keep_alive);
+    *skip = finish_mcp(json, mark, status, session, json_ok, keep_alive);
     None
 }
 
@@ -252,29 +264,84 @@ fn header_text(v: &[u8]) -> Option<&str> {
     }
 }
 
-/// Frames an MCP answer: `json` as JSON, or as one SSE event for a client that
-/// takes only SSE, or no body (202).
+/// Bytes left before an MCP answer's body for its head: the status line, content
+/// type and length, `connection: close`, a session id and the SSE event prefix
+/// come to ~190 at most with the ids this server issues. A longer head still
+/// works, with one more copy of the body.
+const HEAD_ROOM: usize = 256;
+
+/// Frames the MCP answer whose JSON was written to `out` after [`HEAD_ROOM`]
+/// bytes from `mark`: as JSON, or as one SSE event for a client that takes only
+/// SSE, or with no body (202). The head is composed past the body and moved
+/// into the room before it, so the body is never copied. Returns the bytes of
+/// room still at the start of `out` when the answer is all it holds (the
+/// connection skips them); otherwise the answer is moved down over the room.
 fn finish_mcp(
     out: &mut Vec<u8>,
-    json: &[u8],
+    mark: usize,
     status: u16,
     session: Option<String>,
     json_ok: bool,
     keep_alive: bool,
-) {
+) -> usize {
+    const PREFIX: &[u8] = b"event: message\ndata: ";
+    const SUFFIX: &[u8] = b"\n\n";
+    let body_at = mark + HEAD_ROOM;
+    let body_end = out.len();
+    let body_len = body_end - body_at;
     let mut extra = Vec::new();
     if let Some(sid) = &session {
         extra.extend_from_slice(b"mcp-session-id: ");
         extra.extend_from_slice(sid.as_bytes());
         extra.extend_from_slice(b"\r\n");
     }
-    if json.is_empty() {
+    if body_len == 0 {
         frame::write_head(out, status, None, 0, keep_alive, &extra);
     } else if !json_ok {
-        sse_event(out, status, json, keep_alive, &extra);
+        let len = PREFIX.len() + body_len + SUFFIX.len();
+        frame::write_head(
+            out,
+            status,
+            Some("text/event-stream"),
+            len,
+            keep_alive,
+            &extra,
+        );
+        out.extend_from_slice(PREFIX);
     } else {
-        write_body(out, status, "application/json", json, keep_alive, &extra);
+        frame::write_head(
+            out,
+            status,
+            Some("application/json"),
+            body_len,
+            keep_alive,
+            &extra,
+        );
     }
+    let head_len = out.len() - body_end;
+    let start = if head_len <= HEAD_ROOM {
+        let at = body_at - head_len;
+        out.copy_within(body_end.., at);
+        out.truncate(body_end);
+        at
+    } else {
+        let head = out.split_off(body_end);
+        let body = out.split_off(body_at);
+        out.truncate(mark);
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&body);
+        mark
+    };
+    if body_len > 0 && !json_ok {
+        out.extend_from_slice(SUFFIX);
+    }
+    debug_assert!(out[start..].starts_with(b"HTTP/1.1 "));
+    if mark == 0 {
+        return start;
+    }
+    out.copy_within(start.., mark);
+    out.truncate(out.len() - (start - mark));
+    0
 }
 
 /// A JSON-RPC batch: allowed only in a session that negotiated 2025-03-26.
@@ -320,8 +387,9 @@ async fn batch(
         jsonrpc::write_error(json, None, jsonrpc::INVALID_REQUEST, &message, None);
         return status;
     }
+    let before = json.len();
     dispatch::handle_batch(shard, via, msgs, json).await;
-    if json.is_empty() {
+    if json.len() == before {
         202
     } else {
         200
@@ -383,27 +451,83 @@ fn write_body(
     out.extend_from_slice(body);
 }
 
-/// One message as a complete SSE response.
-fn sse_event(out: &mut Vec<u8>, status: u16, json: &[u8], keep_alive: bool, extra: &[u8]) {
-    const PREFIX: &[u8] = b"event: message\ndata: ";
-    const SUFFIX: &[u8] = b"\n\n";
-    let len = PREFIX.len() + json.len() + SUFFIX.len();
-    frame::write_head(
-        out,
-        status,
-        Some("text/event-stream"),
-        len,
-        keep_alive,
-        extra,
-    );
-    out.extend_from_slice(PREFIX);
-    out.extend_from_slice(json);
-    out.extend_from_slice(SUFFIX);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `finish_mcp` over `prior` bytes already queued and `body` written after
+    /// the room: what the connection would send, and the skip it was given.
+    fn framed(
+        prior: &[u8],
+        body: &[u8],
+        session: Option<String>,
+        json_ok: bool,
+    ) -> (Vec<u8>, usize) {
+        let mut out = prior.to_vec();
+        out.resize(prior.len() + HEAD_ROOM, b'?');
+        out.extend_from_slice(body);
+        let status = if body.is_empty() { 202 } else { 200 };
+        let skip = finish_mcp(&mut out, prior.len(), status, session, json_ok, true);
+        if !prior.is_empty() {
+            assert_eq!(skip, 0, "room is kept only at the start of an empty buffer");
+        }
+        (out[skip..].to_vec(), skip)
+    }
+
+    fn expected(prior: &[u8], body: &[u8], extra: &[u8], json_ok: bool) -> Vec<u8> {
+        let mut want = prior.to_vec();
+        if body.is_empty() {
+            frame::write_head(&mut want, 202, None, 0, true, extra);
+        } else if json_ok {
+            frame::write_head(
+                &mut want,
+                200,
+                Some("application/json"),
+                body.len(),
+                true,
+                extra,
+            );
+            want.extend_from_slice(body);
+        } else {
+            let event = [b"event: message\ndata: ", body, b"\n\n"].concat();
+            frame::write_head(
+                &mut want,
+                200,
+                Some("text/event-stream"),
+                event.len(),
+                true,
+                extra,
+            );
+            want.extend_from_slice(&event);
+        }
+        want
+    }
+
+    #[test]
+    fn answers_are_framed_in_place_whatever_came_before() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+        let prior = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        for json_ok in [true, false] {
+            let (sent, skip) = framed(b"", body, None, json_ok);
+            assert!(skip > 0);
+            assert_eq!(sent, expected(b"", body, b"", json_ok));
+            let (sent, _) = framed(prior, body, None, json_ok);
+            assert_eq!(sent, expected(prior, body, b"", json_ok));
+        }
+        let (sent, _) = framed(prior, b"", None, true);
+        assert_eq!(sent, expected(prior, b"", b"", true));
+    }
+
+    #[test]
+    fn a_head_longer_than_the_room_still_frames() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+        let sid = "s".repeat(HEAD_ROOM);
+        let extra = format!("mcp-session-id: {sid}\r\n");
+        for prior in [&b""[..], b"queued"] {
+            let (sent, _) = framed(prior, body, Some(sid.clone()), true);
+            assert_eq!(sent, expected(prior, body, extra.as_bytes(), true));
+        }
+    }
 
     #[test]
     fn the_accept_shortcut_agrees_with_parsing_it() {
