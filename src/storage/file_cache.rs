@@ -215,7 +215,11 @@ pub struct CacheStats {
 
 struct Entry {
     file: Rc<CachedFile>,
-    tick: u64,
+    /// When the entry was last used.
+    used: u64,
+    /// The tick its record in `order` is filed under: `used` as of the last time
+    /// eviction looked at it, so never later than `used`.
+    filed: u64,
 }
 
 #[derive(Default)]
@@ -225,7 +229,10 @@ struct Inner {
     /// `Path` component by component (callgrind: the largest self cost of a
     /// read_file request before).
     map: HashMap<Box<[u8]>, Entry>,
-    /// Recency order: tick → path. The smallest tick is evicted first.
+    /// Recency order: tick → path, one record per entry. A hit only moves the
+    /// entry's `used`; eviction re-files a record it finds out of date and
+    /// evicts the first that is not, which is the least recently used entry.
+    /// This keeps two tree operations (and an allocation) off every hit.
     order: BTreeMap<u64, Box<[u8]>>,
     bytes: usize,
     tick: u64,
@@ -352,12 +359,7 @@ impl FileCache {
             return None;
         }
         inner.tick += 1;
-        let key = inner
-            .order
-            .remove(&entry.tick)
-            .expect("every entry is in the order");
-        entry.tick = inner.tick;
-        inner.order.insert(inner.tick, key);
+        entry.used = inner.tick;
         let file = entry.file.clone();
         drop(guard);
         super::bump(&self.stats, |s| s.hits += 1);
@@ -406,7 +408,7 @@ impl FileCache {
     fn remove(&self, path: &Path) {
         let mut inner = self.inner.borrow_mut();
         if let Some(old) = inner.map.remove(key(path)) {
-            inner.order.remove(&old.tick);
+            inner.order.remove(&old.filed);
             inner.bytes -= forget(&old.file);
         }
     }
@@ -421,7 +423,14 @@ impl FileCache {
         inner.order.insert(tick, key(path).into());
         debug_assert_eq!(file.extra_bytes(), 0, "a new version keeps nothing yet");
         file.in_cache.set(true);
-        inner.map.insert(key(path).into(), Entry { file, tick });
+        inner.map.insert(
+            key(path).into(),
+            Entry {
+                file,
+                used: tick,
+                filed: tick,
+            },
+        );
         inner.bytes += size;
         drop(inner);
         if evicted > 0 {
@@ -435,13 +444,22 @@ impl FileCache {
 fn make_room(inner: &mut Inner, size: usize, capacity: usize) -> u64 {
     let mut evicted = 0;
     while inner.bytes + size > capacity {
-        let Some((_, victim)) = inner.order.pop_first() else {
+        let Some((filed, victim)) = inner.order.pop_first() else {
             break;
         };
-        let old = inner
+        let entry = inner
             .map
-            .remove(&victim)
+            .get_mut(&victim)
             .expect("every ordered path is mapped");
+        debug_assert_eq!(entry.filed, filed);
+        if entry.used > filed {
+            // Used since it was filed: file it again where it belongs.
+            entry.filed = entry.used;
+            let used = entry.used;
+            inner.order.insert(used, victim);
+            continue;
+        }
+        let old = inner.map.remove(&victim).expect("just found");
         inner.bytes -= forget(&old.file);
         evicted += 1;
     }

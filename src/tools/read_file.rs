@@ -60,30 +60,33 @@ impl std::ops::Deref for ExcerptText {
 impl Excerpt {
     /// What the model needs to read on, appended to the text.
     pub fn note(&self) -> Option<String> {
+        let more = self.last < self.total_lines && self.last >= self.first;
+        if !self.truncated && !more {
+            // The common answer, a whole file: nothing to add, nothing to format.
+            return None;
+        }
         let of = if self.total_known {
             self.total_lines.to_string()
         } else {
             "a file too large to count".to_string()
         };
-        if self.truncated {
-            Some(format!(
+        Some(if self.truncated {
+            format!(
                 "[… truncated at line {} of {} ({} KiB output cap); call again with offset={}]",
                 self.last,
                 of,
                 MAX_READ_BYTES / 1024,
                 self.last + 1
-            ))
-        } else if self.last < self.total_lines && self.last >= self.first {
-            Some(format!(
+            )
+        } else {
+            format!(
                 "[lines {}–{} of {}; call again with offset={} for more]",
                 self.first,
                 self.last,
                 of,
                 self.last + 1
-            ))
-        } else {
-            None
-        }
+            )
+        })
     }
 }
 
