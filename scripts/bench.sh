@@ -388,8 +388,10 @@ for w in dict.fromkeys(r[1] for r in rows):
         rate = r[8] if r[9] != "-" else "–"
         achieved = "" if r[9] == "-" or f(r[9]) >= 0.97 * f(r[8]) else f" (got {r[9]})"
         flag = (f" ⚠ {bad} bad" if bad else "") + (" ⚠ busy" if r[15] == "1" else "")
+        # A run the server could not sustain stops early: its CPU share means nothing.
+        busy = r[16] + "%" if r[16] != "-" and not achieved else "–"
         print(f"| {w if k != 'hello' else '(any)'} | {names[k]}{flag} | {rps:,.0f} | {ms(r[3])} | {ms(r[4])} | {ms(r[5])} | "
-              f"{rate}{achieved} | {ms(r[10])} | {ms(r[11])} | {ms(r[12])} | {r[16] + '%' if r[16] != '-' else '–'} | {int(r[14])/1024:.1f} | {xp} | {xc} |")
+              f"{rate}{achieved} | {ms(r[10])} | {ms(r[11])} | {ms(r[12])} | {busy} | {int(r[14])/1024:.1f} | {xp} | {xc} |")
 print()
 print("p99 of every fixed-rate run, ms:")
 for r in rows:

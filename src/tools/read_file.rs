@@ -41,7 +41,7 @@ impl ExcerptText {
     pub fn into_string(self) -> String {
         match self {
             ExcerptText::Window(s) => s,
-            ExcerptText::Whole(_) => self.to_string(),
+            whole => String::from(&*whole),
         }
     }
 }
