@@ -4,6 +4,7 @@
 use super::access::{self, Denied};
 use super::direct::{self, NdjsonJob};
 use super::frame::{self, Head, Method};
+use super::sse;
 use crate::dispatch::ProgressJob;
 use crate::dispatch::{self, HttpMeta, Via};
 use crate::protocol::era;
@@ -284,8 +285,6 @@ fn finish_mcp(
     json_ok: bool,
     keep_alive: bool,
 ) -> usize {
-    const PREFIX: &[u8] = b"event: message\ndata: ";
-    const SUFFIX: &[u8] = b"\n\n";
     let body_at = mark + HEAD_ROOM;
     let body_end = out.len();
     let body_len = body_end - body_at;
@@ -295,28 +294,18 @@ fn finish_mcp(
         extra.extend_from_slice(sid.as_bytes());
         extra.extend_from_slice(b"\r\n");
     }
-    if body_len == 0 {
-        frame::write_head(out, status, None, 0, keep_alive, &extra);
-    } else if !json_ok {
-        let len = PREFIX.len() + body_len + SUFFIX.len();
-        frame::write_head(
-            out,
-            status,
-            Some("text/event-stream"),
-            len,
-            keep_alive,
-            &extra,
-        );
-        out.extend_from_slice(PREFIX);
+    let as_event = body_len > 0 && !json_ok;
+    let (content_type, len) = if body_len == 0 {
+        (None, 0)
+    } else if as_event {
+        let len = sse::EVENT_PREFIX.len() + body_len + sse::EVENT_SUFFIX.len();
+        (Some("text/event-stream"), len)
     } else {
-        frame::write_head(
-            out,
-            status,
-            Some("application/json"),
-            body_len,
-            keep_alive,
-            &extra,
-        );
+        (Some("application/json"), body_len)
+    };
+    frame::write_head(out, status, content_type, len, keep_alive, &extra);
+    if as_event {
+        out.extend_from_slice(sse::EVENT_PREFIX);
     }
     let head_len = out.len() - body_end;
     let start = if head_len <= HEAD_ROOM {
@@ -332,8 +321,8 @@ fn finish_mcp(
         out.extend_from_slice(&body);
         mark
     };
-    if body_len > 0 && !json_ok {
-        out.extend_from_slice(SUFFIX);
+    if as_event {
+        out.extend_from_slice(sse::EVENT_SUFFIX);
     }
     debug_assert!(out[start..].starts_with(b"HTTP/1.1 "));
     if mark == 0 {

@@ -13,6 +13,11 @@ use super::frame;
 use crate::dispatch::{self, AsyncEmit, ProgressJob};
 use crate::shard::Shard;
 
+/// What frames one message as an SSE event: `event: message`, the JSON as its
+/// data, and the blank line that ends the event.
+pub const EVENT_PREFIX: &[u8] = b"event: message\ndata: ";
+pub const EVENT_SUFFIX: &[u8] = b"\n\n";
+
 /// Writes each message as one SSE event in its own chunk.
 struct Events<'s> {
     stream: &'s mut TcpStream,
@@ -21,15 +26,13 @@ struct Events<'s> {
 
 impl AsyncEmit for Events<'_> {
     async fn emit(&mut self, message: &[u8]) -> io::Result<()> {
-        const PREFIX: &[u8] = b"event: message\ndata: ";
-        const SUFFIX: &[u8] = b"\n\n";
-        let len = PREFIX.len() + message.len() + SUFFIX.len();
+        let len = EVENT_PREFIX.len() + message.len() + EVENT_SUFFIX.len();
         self.frame.clear();
         self.frame
             .extend_from_slice(format!("{len:x}\r\n").as_bytes());
-        self.frame.extend_from_slice(PREFIX);
+        self.frame.extend_from_slice(EVENT_PREFIX);
         self.frame.extend_from_slice(message);
-        self.frame.extend_from_slice(SUFFIX);
+        self.frame.extend_from_slice(EVENT_SUFFIX);
         self.frame.extend_from_slice(b"\r\n");
         self.stream.write_all(&self.frame).await
     }
