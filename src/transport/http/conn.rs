@@ -308,12 +308,9 @@ impl Conn {
             self.early = early;
         }
         if let Some(job) = streaming {
-            // Earlier pipelined answers go first, then the stream itself.
-            if self.wbuf.len() > self.wstart {
-                self.stream.write_all(&self.wbuf[self.wstart..]).await?;
-            }
-            self.wbuf.clear();
-            self.wstart = 0;
+            // Earlier pipelined answers go first, then the stream itself; the
+            // request stays pending until its stream is written.
+            self.write_queued().await?;
             let reusable = match job {
                 Streaming::Ndjson(job) => {
                     direct::stream_ndjson(&self.shard, &mut self.stream, job, keep_alive).await
@@ -401,11 +398,23 @@ impl Conn {
         Ok(n)
     }
 
+    /// Writes the queued answers (`wbuf[wstart..]`) and empties the buffer.
+    async fn write_queued(&mut self) -> std::io::Result<()> {
+        let r = if self.wbuf.len() > self.wstart {
+            self.stream.write_all(&self.wbuf[self.wstart..]).await
+        } else {
+            Ok(())
+        };
+        self.wbuf.clear();
+        self.wstart = 0;
+        r
+    }
+
+    /// [`write_queued`](Self::write_queued), after which no request read so far
+    /// holds up a graceful shutdown.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
-            let r = self.stream.write_all(&self.wbuf[self.wstart..]).await;
-            self.wbuf.clear();
-            self.wstart = 0;
+            let r = self.write_queued().await;
             self.shard.busy.set(self.shard.busy.get() - self.pending);
             self.pending = 0;
             r?;
