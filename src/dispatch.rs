@@ -106,13 +106,18 @@ impl Outcome {
 /// `_meta`, which every stateless request carries.
 #[derive(Deserialize, Default)]
 struct Params<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "jsonrpc::opt_cow_str")]
     name: Option<Cow<'a, str>>,
     #[serde(default)]
     arguments: Option<Value>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "jsonrpc::opt_cow_str")]
     cursor: Option<Cow<'a, str>>,
-    #[serde(default, rename = "protocolVersion", borrow)]
+    #[serde(
+        default,
+        rename = "protocolVersion",
+        borrow,
+        deserialize_with = "jsonrpc::opt_cow_str"
+    )]
     protocol_version: Option<Cow<'a, str>>,
     #[serde(default, rename = "requestId", borrow)]
     request_id: Option<&'a RawValue>,
@@ -436,8 +441,8 @@ fn resolve<'h>(
     };
     let meta_version: Option<Cow<'_, str>> = match params.meta_version() {
         None => None,
-        Some(raw) => match serde_json::from_str::<Cow<'_, str>>(raw.get()) {
-            Ok(s) => Some(s),
+        Some(raw) => match serde_json::from_str::<jsonrpc::CowStr>(raw.get()) {
+            Ok(s) => Some(s.0),
             Err(_) => {
                 let other = raw.get();
                 return Err(Refusal::new(

@@ -4,7 +4,10 @@
 //! are never copied or built into a tree unless a handler needs them. Responses are
 //! written straight into the connection's reusable output buffer.
 
-use serde::de::{Deserialize, Deserializer};
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, Visitor};
 use serde_json::value::RawValue;
 
 pub const PARSE_ERROR: i32 = -32700;
@@ -30,8 +33,8 @@ pub struct Message<'a, P = &'a RawValue> {
     /// (no id) can be told from a request with a null id (invalid in MCP).
     #[serde(default, borrow, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    pub method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "opt_cow_str")]
+    pub method: Option<Cow<'a, str>>,
     #[serde(default)]
     pub params: Option<P>,
     #[serde(default, borrow)]
@@ -44,6 +47,40 @@ pub struct Message<'a, P = &'a RawValue> {
 /// included (serde's default maps `null` to `None`).
 pub fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// A JSON string borrowed from the body when it has no escapes (nearly always),
+/// unescaped into an owned copy only when it must be. serde's own
+/// `Cow<str>` always copies, even under `#[serde(borrow)]` once it is wrapped in
+/// an `Option`: three allocations per tools/call (method, tool name, revision).
+pub struct CowStr<'a>(pub Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> Visitor<'de> for Text {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Text)
+    }
+}
+
+/// For `Option<Cow<str>>` fields: borrowed where it can be ([`CowStr`]); absent
+/// or `null` is `None`, as with serde's default.
+pub fn opt_cow_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    Ok(Option::<CowStr<'de>>::deserialize(d)?.map(|s| s.0))
 }
 
 /// What kind of message this is, once it has been checked.
@@ -222,6 +259,18 @@ pub fn write_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_are_borrowed_unless_escaped() {
+        let m = single(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#);
+        assert!(matches!(m.method, Some(Cow::Borrowed("tools/call"))));
+        let m = single(r#"{"jsonrpc":"2.0","id":1,"method":"tools\/call"}"#);
+        assert!(matches!(m.method.as_ref(), Some(Cow::Owned(s)) if s == "tools/call"));
+        let m = single(r#"{"jsonrpc":"2.0","id":1,"method":null}"#);
+        assert!(m.method.is_none());
+        let e = serde_json::from_str::<CowStr>("7").err().unwrap();
+        assert!(e.to_string().contains("expected a string"), "{e}");
+    }
 
     fn single(body: &str) -> Message<'_> {
         match parse(body.as_bytes(), 64).unwrap() {
