@@ -847,7 +847,7 @@ fn write_call_result(
 ) -> Outcome {
     if outcome == CallOutcome::Panicked {
         let message = result
-            .content
+            .content()
             .first()
             .map_or("internal error", Content::text);
         return reply_error(out, Some(id), jsonrpc::INTERNAL_ERROR, message, None, 200);

@@ -41,7 +41,7 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 
 use super::watch::Watcher;
-use crate::tools::ToolResult;
+use crate::tools::{Kept, ToolResult};
 
 /// Answers kept per shard by default (`cache.query_results`; 0 disables).
 pub const DEFAULT_QUERY_RESULTS: usize = 4096;
@@ -63,7 +63,7 @@ pub struct QueryCacheStats {
 }
 
 struct Entry {
-    result: Rc<ToolResult>,
+    result: Rc<Kept>,
     bytes: usize,
 }
 
@@ -136,11 +136,7 @@ impl QueryCache {
     /// Looks `key` up for a database in `dir` (`None`: not on a local filesystem).
     /// `Ok` is a kept answer; `Err(Some(p))` a miss whose answer may be stored with
     /// [`store`](Self::store); `Err(None)` a miss that must not be stored.
-    pub fn lookup(
-        &self,
-        dir: Option<&Path>,
-        key: Vec<u8>,
-    ) -> Result<Rc<ToolResult>, Option<Pending>> {
+    pub fn lookup(&self, dir: Option<&Path>, key: Vec<u8>) -> Result<Rc<Kept>, Option<Pending>> {
         let Some(dir) = dir else {
             return Err(None);
         };
@@ -191,10 +187,16 @@ impl QueryCache {
     }
 
     /// Keeps `result` for the lookup that missed, unless anything changed since.
-    /// `bytes` is its approximate size; an answer over an eighth of the budget
-    /// is not kept, so one huge result cannot flush every other.
+    /// `bytes` is its approximate size, to which its rendered JSON is added; an
+    /// answer over an eighth of the budget is not kept, so one huge result
+    /// cannot flush every other.
     pub fn store(&self, pending: Pending, result: &ToolResult, bytes: usize) {
         if self.watcher.poll() != pending.generation || bytes > self.max_bytes / 8 {
+            return;
+        }
+        let kept = Rc::new(Kept::new(result.clone()));
+        let bytes = bytes + kept.json_len();
+        if bytes > self.max_bytes / 8 {
             return;
         }
         let mut inner = self.inner.borrow_mut();
@@ -215,7 +217,7 @@ impl QueryCache {
         inner.map.insert(
             pending.key,
             Entry {
-                result: Rc::new(result.clone()),
+                result: kept,
                 bytes,
             },
         );

@@ -236,7 +236,7 @@ pub mod testing {
 
     /// The first text block.
     pub fn text(r: &ToolResult) -> &str {
-        r.content[0].text()
+        r.content()[0].text()
     }
 
     /// Asserts a call failed and its message contains `needle`.

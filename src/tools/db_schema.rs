@@ -259,7 +259,7 @@ mod tests {
         let before = std::fs::read(&path).unwrap();
         let r = call(&s, "db_schema", json!({}));
         assert!(!r.is_error, "{r:?}");
-        let st = r.structured.clone().unwrap();
+        let st = r.structured_content().cloned().unwrap();
         assert_eq!(st["db"], "main");
         let tables = st["tables"].as_array().unwrap();
         assert_eq!(tables.len(), 2);
@@ -289,7 +289,7 @@ mod tests {
         let (_d, s, _) = fixture();
         let r = call(&s, "db_schema", json!({"table": "t", "db": "other"}));
         assert_eq!(
-            r.structured.as_ref().unwrap()["tables"]
+            r.structured_content().unwrap()["tables"]
                 .as_array()
                 .unwrap()
                 .len(),

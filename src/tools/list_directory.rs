@@ -192,7 +192,7 @@ mod tests {
         let r = call(&s, "list_directory", json!({"path": "."}));
         assert!(!r.is_error);
         assert_eq!(
-            r.structured.clone().unwrap(),
+            r.structured_content().cloned().unwrap(),
             json!({"path": ".", "total": 3, "truncated": false, "entries": [
                 {"name": "a", "kind": "dir"},
                 {"name": "b.txt", "kind": "file", "size": 5},
@@ -215,7 +215,7 @@ mod tests {
         }
         let s = shard(vec![d.path().into()], vec![]);
         let r = call(&s, "list_directory", json!({"path": "."}));
-        let st = r.structured.as_ref().unwrap();
+        let st = r.structured_content().unwrap();
         assert_eq!(st["truncated"], true);
         assert_eq!(st["total"], MAX_LIST_ENTRIES + 5);
         assert_eq!(st["entries"].as_array().unwrap().len(), MAX_LIST_ENTRIES);

@@ -480,7 +480,7 @@ impl Tool for QueryDb {
                 if known != Some(false) {
                     let key = cache_key(&db.name, &sql, &params, max_rows);
                     match results.lookup(db.watch_dir.as_deref(), key) {
-                        Ok(hit) => return ToolResult::clone(&hit),
+                        Ok(hit) => return ToolResult::kept(hit),
                         Err(p) => pending = p,
                     }
                 }
@@ -575,7 +575,7 @@ pub(crate) mod tests {
             json!({"sql": "SELECT id, name, score, data FROM t WHERE id >= ?1 ORDER BY id", "params": [1]}),
         );
         assert!(!r.is_error, "{r:?}");
-        let st = r.structured.clone().unwrap();
+        let st = r.structured_content().cloned().unwrap();
         assert_eq!(st["columns"], json!(["id", "name", "score", "data"]));
         assert_eq!(st["rows"][0], json!([1, "ann", 1.5, {"base64": "AAH/"}]));
         assert_eq!(st["rows"][1], json!([2, "bob", null, null]));
@@ -588,10 +588,10 @@ pub(crate) mod tests {
             json!({"sql": "SELECT name FROM t ORDER BY id", "max_rows": 2}),
         );
         assert_eq!(
-            r.structured.as_ref().unwrap()["rows"],
+            r.structured_content().unwrap()["rows"],
             json!([["ann"], ["bob"]])
         );
-        assert_eq!(r.structured.as_ref().unwrap()["truncated"], true);
+        assert_eq!(r.structured_content().unwrap()["truncated"], true);
         assert!(text(&r).contains("truncated at 2 rows"));
 
         // Interpolation-looking values are just values.
@@ -600,14 +600,14 @@ pub(crate) mod tests {
             "query_db",
             json!({"sql": "SELECT count(*) FROM t WHERE name = :n", "params": {"n": "x' OR '1'='1"}}),
         );
-        assert_eq!(r.structured.as_ref().unwrap()["rows"], json!([[0]]));
+        assert_eq!(r.structured_content().unwrap()["rows"], json!([[0]]));
         let r = call(
             &s,
             "query_db",
             json!({"sql": "SELECT ?1, ?2, ?3", "params": [true, 2.5, null]}),
         );
         assert_eq!(
-            r.structured.as_ref().unwrap()["rows"],
+            r.structured_content().unwrap()["rows"],
             json!([[1, 2.5, null]])
         );
         let r = call(
@@ -615,7 +615,7 @@ pub(crate) mod tests {
             "query_db",
             json!({"sql": "SELECT count(*) FROM t", "db": "other"}),
         );
-        assert_eq!(r.structured.as_ref().unwrap()["db"], "other");
+        assert_eq!(r.structured_content().unwrap()["db"], "other");
     }
 
     #[test]
@@ -720,7 +720,7 @@ pub(crate) mod tests {
             json!({"sql": "SELECT count(*), (SELECT user_version FROM pragma_user_version) FROM t"}),
         );
         assert_eq!(
-            r.structured.as_ref().unwrap()["rows"],
+            r.structured_content().unwrap()["rows"],
             json!([[3, 0]]),
             "{r:?}"
         );
@@ -767,7 +767,7 @@ pub(crate) mod tests {
             };
             let (slow, fast) = futures_lite::future::zip(slow, fast).await;
             assert_error(&slow, "timed out after 300 ms");
-            assert_eq!(fast.structured.unwrap()["rows"], json!([[42]]));
+            assert_eq!(fast.structured_content().unwrap()["rows"], json!([[42]]));
         });
         assert_eq!(*order.borrow(), ["fast", "slow"]);
     }
@@ -821,7 +821,7 @@ pub(crate) mod tests {
         assert_error(&r, "locked by a writer");
         writer.execute_batch("COMMIT").unwrap();
         let r = call(&s, "query_db", json!({"sql": "SELECT count(*) FROM t"}));
-        assert_eq!(r.structured.unwrap()["rows"], json!([[3]]));
+        assert_eq!(r.structured_content().unwrap()["rows"], json!([[3]]));
     }
 
     #[test]
@@ -852,7 +852,7 @@ pub(crate) mod tests {
 
     fn rows(r: &ToolResult) -> Value {
         assert!(!r.is_error, "{r:?}");
-        r.structured.as_ref().unwrap()["rows"].clone()
+        r.structured_content().unwrap()["rows"].clone()
     }
 
     #[test]

@@ -146,7 +146,7 @@ impl Tool for ReadMultipleFiles {
                     }
                     Err(e) => {
                         failures += 1;
-                        let msg = e.content[0].text();
+                        let msg = e.content()[0].text();
                         text.push_str(&format!("=== {path} ===\nerror: {msg}\n"));
                         files.push(json!({"path": path, "error": msg}));
                     }
@@ -177,7 +177,7 @@ mod tests {
             json!({"paths": ["a", "missing", "b", "bin", "../x"]}),
         );
         assert!(!r.is_error);
-        let files = r.structured.as_ref().unwrap()["files"]
+        let files = r.structured_content().unwrap()["files"]
             .as_array()
             .unwrap()
             .clone();

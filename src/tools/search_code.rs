@@ -577,7 +577,7 @@ mod tests {
     }
 
     fn paths(r: &ToolResult) -> Vec<String> {
-        r.structured.as_ref().unwrap()["matches"]
+        r.structured_content().unwrap()["matches"]
             .as_array()
             .unwrap()
             .iter()
@@ -600,7 +600,7 @@ mod tests {
             ]
         );
         assert!(text(&r).contains("src/main.rs:2:     let x = Foo::new();\n"));
-        let st = r.structured.as_ref().unwrap();
+        let st = r.structured_content().unwrap();
         assert_eq!(st["truncated"], false);
         assert_eq!(st["binary_files_skipped"], 1);
     }
@@ -628,13 +628,13 @@ mod tests {
             json!({"query": r"^\s+x\.\w+\(", "regex": true, "path": "src/main.rs", "context": 1}),
         );
         assert_eq!(
-            r.structured.as_ref().unwrap()["matches"],
+            r.structured_content().unwrap()["matches"],
             json!([{"path": "src/main.rs", "line": 3, "text": "    x.run();", "before": ["    let x = Foo::new();"], "after": ["}"]}])
         );
         assert_eq!(text(&r), "src/main.rs-2-     let x = Foo::new();\nsrc/main.rs:3:     x.run();\nsrc/main.rs-4- }\n");
         let r = call(&s, "search_code", json!({"query": "Foo", "max_results": 2}));
         assert_eq!(paths(&r).len(), 2);
-        assert_eq!(r.structured.as_ref().unwrap()["truncated"], true);
+        assert_eq!(r.structured_content().unwrap()["truncated"], true);
         assert!(text(&r).contains("stopped at max_results=2"));
         let r = call(
             &s,

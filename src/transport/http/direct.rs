@@ -202,7 +202,7 @@ fn parse(body: &[u8], max_depth: usize) -> Result<Value, String> {
 }
 
 fn text_of(r: &ToolResult) -> String {
-    r.content
+    r.content()
         .iter()
         .map(Content::text)
         .collect::<Vec<_>>()
@@ -219,7 +219,7 @@ fn answer(result: &ToolResult, outcome: CallOutcome) -> (u16, Value) {
         CallOutcome::Panicked => 500,
     };
     if outcome == CallOutcome::Ok {
-        let value = match &result.structured {
+        let value = match result.structured_content() {
             Some(s) => s.clone(),
             None => json!({"text": text_of(result)}),
         };
