@@ -161,7 +161,8 @@ pub async fn read_excerpt(
         Ok(f) => f,
         Err(FileError::TooLarge(size)) => {
             // Too large to hold whole: read just the window, off the shard.
-            return read_huge(
+            // Boxed, as it is rare and its state would enlarge every call's future.
+            return Box::pin(read_huge(
                 cx,
                 resolved.real,
                 resolved.display,
@@ -169,7 +170,7 @@ pub async fn read_excerpt(
                 offset,
                 limit,
                 cap,
-            )
+            ))
             .await;
         }
         Err(e) => return Err(ToolResult::error(e.describe(&resolved.display))),
