@@ -467,8 +467,11 @@ impl Tool for QueryDb {
                 Ok(p) => p,
                 Err(e) => return e,
             };
+            // The two awaits below are boxed: laid out inline, their state made
+            // this future 1.7 KB, built and moved on every call, a kept answer's
+            // too (see read_file's `read_excerpt`).
             if let Some(sink) = cx.sink {
-                return stream_rows(cx, sink, db, sql, params, start).await;
+                return Box::pin(stream_rows(cx, sink, db, sql, params, start)).await;
             }
             // A kept answer, if this statement's answers may be kept and nothing
             // has changed next to the database since (see `query_cache.rs`).
@@ -488,16 +491,15 @@ impl Tool for QueryDb {
             // A statement not seen before is classified on the connection that runs it.
             let learn = (known.is_none() && pending.is_some()).then(|| sql.clone());
             let classify = learn.is_some();
-            let outcome = db
-                .run(&limits(cx), move |c| {
-                    let deterministic = if classify {
-                        Some(c.is_deterministic(&sql)?)
-                    } else {
-                        None
-                    };
-                    query(c, &sql, &params, max_rows).map(|rows| (rows, deterministic))
-                })
-                .await;
+            let outcome = Box::pin(db.run(&limits(cx), move |c| {
+                let deterministic = if classify {
+                    Some(c.is_deterministic(&sql)?)
+                } else {
+                    None
+                };
+                query(c, &sql, &params, max_rows).map(|rows| (rows, deterministic))
+            }))
+            .await;
             match outcome {
                 Ok((rows, learned)) => {
                     if let (Some(sql), Some(d)) = (&learn, learned) {
