@@ -557,6 +557,31 @@ mod tests {
         }
     }
 
+    /// Every call boxes its tool's future. The hot tools' must stay within
+    /// mimalloc's small-object size (128 words), which a rare await's state laid
+    /// out inline breaks: a blocking read or a row stream is ~0.9 KB on its own.
+    #[test]
+    fn hot_tools_futures_stay_small() {
+        const SMALL_OBJECT_BYTES: usize = 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let s = common::testing::shard(vec![dir.path().to_path_buf()], Vec::new());
+        let cx = CallContext {
+            shard: &s,
+            deadline: Instant::now(),
+            cancel: CancelFlag::default(),
+            sink: None,
+            progress: None,
+        };
+        for name in ["read_file", "query_db"] {
+            let call = s.tools.get(name).unwrap().call(&cx, Map::new());
+            let size = std::mem::size_of_val(&*call);
+            assert!(
+                size <= SMALL_OBJECT_BYTES,
+                "{name}'s future is {size} bytes"
+            );
+        }
+    }
+
     #[test]
     fn a_kept_answer_is_the_same_bytes_and_shares_its_rows() {
         let r = ToolResult::structured(json!({"rows": [[1, "a"]]}), "table");
