@@ -36,6 +36,7 @@
 
 use std::cell::RefCell;
 use std::path::Path;
+use std::rc::Rc;
 
 use hashbrown::HashMap;
 
@@ -47,8 +48,9 @@ pub const MAX_RESOLUTIONS: usize = 4096;
 
 #[derive(Default)]
 struct Inner {
-    /// By the path exactly as the client wrote it.
-    map: HashMap<Box<str>, Resolved>,
+    /// By the path exactly as the client wrote it; shared with the calls using
+    /// it, so that a hit copies no path.
+    map: HashMap<Box<str>, Rc<Resolved>>,
     /// The watcher generation every entry was verified under.
     generation: u64,
 }
@@ -77,7 +79,7 @@ impl Resolutions {
 
     /// The resolution of `path` if it was verified and nothing has changed since;
     /// else the generation read now, before the caller resolves the path.
-    pub fn get(&self, watcher: &Watcher, path: &str) -> Result<Resolved, u64> {
+    pub fn get(&self, watcher: &Watcher, path: &str) -> Result<Rc<Resolved>, u64> {
         let generation = watcher.poll();
         let mut inner = self.inner.borrow_mut();
         if inner.generation != generation {
@@ -104,7 +106,7 @@ impl Resolutions {
 
     /// Step 3: keeps `resolved` (made after [`begin`](Self::begin) returned
     /// `generation`) for `path`.
-    pub fn keep(&self, path: &str, generation: u64, resolved: &Resolved) {
+    pub fn keep(&self, path: &str, generation: u64, resolved: &Rc<Resolved>) {
         assert!(
             resolved.file.is_some(),
             "only regular files' resolutions are kept"
@@ -122,6 +124,6 @@ impl Resolutions {
         if inner.map.len() >= self.capacity {
             inner.map.clear();
         }
-        inner.map.insert(path.into(), resolved.clone());
+        inner.map.insert(path.into(), Rc::clone(resolved));
     }
 }

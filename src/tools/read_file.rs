@@ -16,7 +16,8 @@ pub const MAX_LINE_ARG: u64 = u32::MAX as u64;
 
 /// A window of a text file, ready to send.
 pub struct Excerpt {
-    pub display: String,
+    /// Where the file is, shared with the resolution a kept one came from.
+    pub path: Rc<Resolved>,
     pub text: ExcerptText,
     /// The first line returned, 1-based.
     pub first: usize,
@@ -93,14 +94,14 @@ impl Excerpt {
 /// Resolves `path`, reusing a resolution verified under inotify when nothing has
 /// changed along it since (no `lstat` at all), and keeping this one when it can
 /// (see `storage/resolutions.rs`).
-fn resolve_watched(cx: &CallContext<'_>, path: &str) -> Result<Resolved, ToolResult> {
+fn resolve_watched(cx: &CallContext<'_>, path: &str) -> Result<Rc<Resolved>, ToolResult> {
     let storage = &cx.shard.storage;
     let watcher = storage.snapshots.watcher();
     let before = match storage.resolutions.get(watcher, path) {
         Ok(r) => return Ok(r),
         Err(generation) => generation,
     };
-    let first = resolve(cx, path)?;
+    let first = Rc::new(resolve(cx, path)?);
     if first.file.is_none() {
         return Ok(first);
     }
@@ -127,7 +128,7 @@ fn resolve_watched(cx: &CallContext<'_>, path: &str) -> Result<Resolved, ToolRes
     }
     // Again, now that the watches are in place: what this finds is current as of
     // `watched.generation`, and any later change moves it.
-    let again = resolve(cx, path)?;
+    let again = Rc::new(resolve(cx, path)?);
     if again.real == first.real && again.file.is_some() {
         storage.resolutions.keep(path, watched.generation, &again);
     }
@@ -149,7 +150,7 @@ pub async fn read_excerpt(
     let resolved = if use_cache {
         resolve_watched(cx, path)?
     } else {
-        resolve(cx, path)?
+        Rc::new(resolve(cx, path)?)
     };
     let file = match cx
         .shard
@@ -162,20 +163,11 @@ pub async fn read_excerpt(
         Err(FileError::TooLarge(size)) => {
             // Too large to hold whole: read just the window, off the shard.
             // Boxed, as it is rare and its state would enlarge every call's future.
-            return Box::pin(read_huge(
-                cx,
-                resolved.real,
-                resolved.display,
-                size,
-                offset,
-                limit,
-                cap,
-            ))
-            .await;
+            return Box::pin(read_huge(cx, resolved, size, offset, limit, cap)).await;
         }
         Err(e) => return Err(ToolResult::error(e.describe(&resolved.display))),
     };
-    let display = resolved.display;
+    let display = &resolved.display;
     let Some(text) = file.text() else {
         let why = if file.is_binary() {
             format!(
@@ -198,7 +190,7 @@ pub async fn read_excerpt(
     if offset == 1 && limit.is_none_or(|l| l >= total_lines) && text.len() <= cap {
         // The whole file, the common call: no need to walk it line by line.
         return Ok(Excerpt {
-            display,
+            path: resolved,
             text: ExcerptText::Whole(file.clone()),
             first: 1,
             last: total_lines,
@@ -229,7 +221,7 @@ pub async fn read_excerpt(
         last += 1;
     }
     Ok(Excerpt {
-        display,
+        path: resolved,
         text: ExcerptText::Window(text[start..end].to_string()),
         first: offset,
         last,
@@ -245,8 +237,7 @@ pub async fn read_excerpt(
 /// known without reading the whole file, so the answer says where to read on.
 async fn read_huge(
     cx: &CallContext<'_>,
-    real: std::path::PathBuf,
-    display: String,
+    path: Rc<Resolved>,
     size: u64,
     offset: usize,
     limit: Option<usize>,
@@ -256,6 +247,8 @@ async fn read_huge(
     let deadline = cx.deadline;
     let cancel = cx.cancel.shared();
     let wanted = limit.unwrap_or(usize::MAX);
+    let real = path.real.clone();
+    let display = &path.display;
     let window = glommio::executor()
         .spawn_blocking(move || -> Result<(Vec<u8>, usize, bool, bool), String> {
             let file = std::fs::File::open(&real).map_err(|e| e.to_string())?;
@@ -336,7 +329,7 @@ async fn read_huge(
         }
     };
     Ok(Excerpt {
-        display,
+        path,
         text: ExcerptText::Window(text),
         first: offset,
         last,

@@ -127,16 +127,16 @@ impl Tool for ReadMultipleFiles {
                             "skipped: the answer reached its {} KiB cap; read this file with read_file",
                             MAX_TOTAL_BYTES / 1024
                         );
-                        text.push_str(&format!("=== {} ===\n{msg}\n", ex.display));
-                        files.push(json!({"path": ex.display, "error": msg}));
+                        text.push_str(&format!("=== {} ===\n{msg}\n", ex.path.display));
+                        files.push(json!({"path": ex.path.display, "error": msg}));
                     }
                     Ok(ex) => {
                         total += ex.text.len();
-                        text.push_str(&format!("=== {} ===\n{}", ex.display, &*ex.text));
+                        text.push_str(&format!("=== {} ===\n{}", ex.path.display, &*ex.text));
                         if !ex.text.is_empty() && !ex.text.ends_with('\n') {
                             text.push('\n');
                         }
-                        let mut entry = json!({"path": ex.display, "content": &*ex.text, "truncated": ex.truncated});
+                        let mut entry = json!({"path": ex.path.display, "content": &*ex.text, "truncated": ex.truncated});
                         if let Some(note) = ex.note() {
                             text.push_str(&note);
                             text.push('\n');
