@@ -400,7 +400,7 @@ impl FileCache {
             return;
         }
         let mut json = Vec::with_capacity(text.len() + 2);
-        sonic_rs::to_writer(&mut json, text).expect("writing to a Vec cannot fail");
+        file.write_json_text(&mut json);
         if file.bytes.len() + json.len() > bound {
             return;
         }
