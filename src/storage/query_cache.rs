@@ -186,22 +186,23 @@ impl QueryCache {
         inner.deterministic.insert(sql.into(), deterministic);
     }
 
-    /// Keeps `result` for the lookup that missed, unless anything changed since.
-    /// `bytes` is its approximate size, to which its rendered JSON is added; an
-    /// answer over an eighth of the budget is not kept, so one huge result
-    /// cannot flush every other.
-    pub fn store(&self, pending: Pending, result: &ToolResult, bytes: usize) {
+    /// Keeps `result` for the lookup that missed, unless anything changed since,
+    /// and returns the answer to send: the kept form once it has been rendered,
+    /// so that keeping it copies nothing. `bytes` is its approximate size, to
+    /// which its rendered JSON is added; an answer over an eighth of the budget
+    /// is not kept, so one huge result cannot flush every other.
+    pub fn store(&self, pending: Pending, result: ToolResult, bytes: usize) -> ToolResult {
         if self.watcher.poll() != pending.generation || bytes > self.max_bytes / 8 {
-            return;
+            return result;
         }
-        let kept = Rc::new(Kept::new(result.clone()));
+        let kept = Rc::new(Kept::new(result));
         let bytes = bytes + kept.json_len();
         if bytes > self.max_bytes / 8 {
-            return;
+            return ToolResult::kept(kept);
         }
         let mut inner = self.inner.borrow_mut();
         if inner.generation != pending.generation || inner.map.contains_key(&pending.key) {
-            return;
+            return ToolResult::kept(kept);
         }
         let mut evicted = 0;
         while !inner.order.is_empty()
@@ -217,7 +218,7 @@ impl QueryCache {
         inner.map.insert(
             pending.key,
             Entry {
-                result: kept,
+                result: Rc::clone(&kept),
                 bytes,
             },
         );
@@ -228,6 +229,7 @@ impl QueryCache {
         if evicted > 0 {
             super::bump(&self.stats, |s| s.evictions += evicted);
         }
+        ToolResult::kept(kept)
     }
 }
 
@@ -244,7 +246,7 @@ mod tests {
         let Err(Some(p)) = c.lookup(Some(&dir), b"k1".to_vec()) else {
             panic!("first lookup misses and may store")
         };
-        c.store(p, &r, 10);
+        assert_eq!(c.store(p, r.clone(), 10), r);
         assert!(c.lookup(Some(&dir), b"k1".to_vec()).is_ok());
 
         // A write anywhere in the directory: the answer retires.
@@ -256,7 +258,7 @@ mod tests {
             panic!()
         };
         std::fs::write(dir.join("main.db"), "x").unwrap();
-        c.store(p, &r, 10);
+        assert_eq!(c.store(p, r.clone(), 10), r);
         assert!(matches!(c.lookup(Some(&dir), b"k2".to_vec()), Err(Some(_))));
 
         // Capacity 2: the oldest goes first.
@@ -264,7 +266,7 @@ mod tests {
             let Err(Some(p)) = c.lookup(Some(&dir), k.to_vec()) else {
                 panic!()
             };
-            c.store(p, &r, 10);
+            assert_eq!(c.store(p, r.clone(), 10), r);
         }
         assert_eq!(c.len(), 2);
         assert!(c.lookup(Some(&dir), b"a".to_vec()).is_err());

@@ -521,10 +521,10 @@ impl Tool for QueryDb {
                     );
                     structured.insert("truncated".into(), Value::Bool(rows.truncated));
                     let result = ToolResult::structured(Value::Object(structured), text);
-                    if let Some(p) = keep {
-                        results.store(p, &result, kept_bytes);
+                    match keep {
+                        Some(p) => results.store(p, result, kept_bytes),
+                        None => result,
                     }
-                    result
                 }
                 Err(e) => db_error(e, cx, start),
             }
