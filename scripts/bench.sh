@@ -4,7 +4,8 @@
 #
 #   scripts/bench.sh
 #
-# Builds everything in release, generates the fixture (scripts/gen_fixture.py),
+# Builds everything in release, coremcp also profile-guided (scripts/pgo.sh,
+# trained on these same workloads), generates the fixture (scripts/gen_fixture.py),
 # installs wrk (apt) and oha (cargo install --locked) if missing, then for each
 # workload (read_file, query_db, search_code, tools/list) and server:
 #   * closed loop: wrk, BENCH_CONNECTIONS connections, BENCH_SECONDS seconds;
@@ -23,7 +24,12 @@
 #   BENCH_SHARDS2_CPUS [0,1]    CPUs of the two-shard run ("" to skip it)
 #   BENCH_FIXTURE [target/bench-fixture]
 #   BENCH_WORKLOADS [read_file query_db search_code tools_list]
-#   BENCH_SERVERS [coremcp coremcp-nokeep rmcp hello coremcp2]
+#   BENCH_BUILD [pgo]           coremcp's build: pgo (scripts/pgo.sh; falls back to
+#                               release, and says so, if llvm-profdata cannot be had)
+#                               or release (plain `cargo build --release`)
+#   BENCH_SERVERS [coremcp coremcp-release coremcp-nokeep rmcp hello coremcp2]
+#                               coremcp-release: one shard, plain release build, for
+#                               comparison with the PGO build (skipped unless pgo)
 #                               coremcp-nokeep: one shard with the query_db answer
 #                               cache off (`[tools.query_db] cache = false`), so
 #                               every call runs SQLite as the peer does; query_db only
@@ -35,6 +41,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
+# shellcheck source=scripts/lib/workloads.sh
+. scripts/lib/workloads.sh
 PORT=${BENCH_PORT:-7411}
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-64}
@@ -43,7 +51,8 @@ LOAD_CPU=${BENCH_LOAD_CPU:-0}
 SHARDS2_CPUS=${BENCH_SHARDS2_CPUS-0,1}
 FIXTURE=${BENCH_FIXTURE:-$REPO/target/bench-fixture}
 WORKLOADS=${BENCH_WORKLOADS:-read_file query_db search_code tools_list}
-SERVERS=${BENCH_SERVERS:-coremcp coremcp-nokeep rmcp hello coremcp2}
+SERVERS=${BENCH_SERVERS:-coremcp coremcp-release coremcp-nokeep rmcp hello coremcp2}
+BUILD=${BENCH_BUILD:-pgo}
 FIXED_GEN=${BENCH_FIXED_GEN:-loadgen}
 FIXED_RUNS=${BENCH_FIXED_RUNS:-3}
 URL="http://127.0.0.1:$PORT/mcp"
@@ -103,64 +112,34 @@ cargo build --release --quiet --manifest-path benches/peers/rmcp/Cargo.toml
 cargo build --release --quiet --manifest-path benches/peers/hello/Cargo.toml
 cargo build --release --quiet --manifest-path benches/loadgen/Cargo.toml
 COREMCP=$REPO/target/release/coremcp
+COREMCP_RELEASE=$COREMCP
+BUILT="release (cargo build --release)"
+if [ "$BUILD" = pgo ]; then
+    ensure_fixture "$FIXTURE"
+    if PGO=$(PGO_PORT=$PORT PGO_FIXTURE=$FIXTURE PGO_SERVER_CPU=$SERVER_CPU PGO_LOAD_CPU=$LOAD_CPU \
+        scripts/pgo.sh); then
+        COREMCP=$PGO
+        BUILT="profile-guided (scripts/pgo.sh, trained on these workloads)"
+    else
+        say "warning: the PGO build failed; measuring the plain release build"
+        BUILT="release (cargo build --release): the PGO build failed"
+        BUILD=release
+    fi
+fi
 RMCP_PEER=$REPO/benches/peers/rmcp/target/release/rmcp-peer
 HELLO=$REPO/benches/peers/hello/target/release/hello-peer
 LOADGEN=$REPO/benches/loadgen/target/release/loadgen
 
 # ---------------------------------------------------------------- fixture
-if [ ! -f "$FIXTURE/.stamp" ]; then
-    say "generating the fixture in $FIXTURE…"
-    python3 scripts/gen_fixture.py "$FIXTURE"
-    # ctimes are "now": wait out the caches' 2 s racily-clean window.
-    sleep 3
-fi
+ensure_fixture "$FIXTURE"
 DB=$FIXTURE/bench.db
-
-# ---------------------------------------------------------------- workloads
-META='"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"bench","version":"1.0"}}'
-SKU=$(python3 -c 'print("SKU-%07d" % ((4242 * 7919) % 1000003))')
-body_of() {
-    case $1 in
-    read_file) echo '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"small.txt"},'"$META"'}}' ;;
-    query_db) echo '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"query_db","arguments":{"sql":"SELECT id, sku, name, price, qty FROM items WHERE sku = ?1","params":["'"$SKU"'"]},'"$META"'}}' ;;
-    search_code) echo '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_code","arguments":{"query":"needle_marker","path":"src"},'"$META"'}}' ;;
-    tools_list) echo '{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{'"$META"'}}' ;;
-    esac
-}
-# Header lines, one per line, as "Name: value".
-headers_of() {
-    echo "Content-Type: application/json"
-    echo "Accept: application/json, text/event-stream"
-    echo "MCP-Protocol-Version: 2026-07-28"
-    case $1 in
-    tools_list) echo "Mcp-Method: tools/list" ;;
-    *) echo "Mcp-Method: tools/call"; echo "Mcp-Name: $1" ;;
-    esac
-}
-
-write_lua() { # workload file
-    {
-        echo 'wrk.method = "POST"'
-        echo "wrk.body = [==[$(body_of "$1")]==]"
-        headers_of "$1" | while IFS= read -r h; do
-            printf 'wrk.headers["%s"] = "%s"\n' "${h%%: *}" "${h#*: }"
-        done
-        cat <<'LUA'
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("WRK requests=%d duration_us=%d non2xx=%d sockerr=%d p50=%d p99=%d p999=%d\n",
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
-end
-LUA
-    } >"$2"
-}
 
 # ---------------------------------------------------------------- servers
 start_server() { # kind
     local cpus=$SERVER_CPU
     case $1 in
     coremcp) cmd=("$COREMCP" serve --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
+    coremcp-release) cmd=("$COREMCP_RELEASE" serve --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
     coremcp-nokeep)
         printf '[tools.query_db]\ncache = false\n' >"$WORK/nokeep.toml"
         cmd=("$COREMCP" serve --config "$WORK/nokeep.toml" --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
@@ -318,6 +297,7 @@ for kind in $SERVERS; do
         if [ "$kind" = hello ] && [ "$w" != "$(echo $WORKLOADS | cut -d' ' -f1)" ]; then continue; fi
         # Only query_db has an answer cache to turn off.
         if [ "$kind" = coremcp-nokeep ] && [ "$w" != query_db ]; then continue; fi
+        if [ "$kind" = coremcp-release ] && [ "$BUILD" != pgo ]; then continue; fi
         say "== $kind / $w"
         noisy=0
         busy && noisy=1
@@ -348,9 +328,9 @@ done
 
 # ---------------------------------------------------------------- table
 mkdir -p bench-results
-python3 - "$RESULTS" "$SECONDS_PER_RUN" "$CONNS" "$SERVER_CPU" "$LOAD_CPU" "$SHARDS2_CPUS" "$QUIET" "$FIXED_GEN" "$FIXED_RUNS" <<'PY' | tee bench-results/latest.md
+python3 - "$RESULTS" "$SECONDS_PER_RUN" "$CONNS" "$SERVER_CPU" "$LOAD_CPU" "$SHARDS2_CPUS" "$QUIET" "$FIXED_GEN" "$FIXED_RUNS" "$BUILT" "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" <<'PY' | tee bench-results/latest.md
 import sys, subprocess, datetime, platform
-path, secs, conns, scpu, lcpu, cpus2, quiet, fixed_gen, fixed_runs = sys.argv[1:]
+path, secs, conns, scpu, lcpu, cpus2, quiet, fixed_gen, fixed_runs, built, commit = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
 R = {}
 for r in rows:
@@ -365,6 +345,7 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 print(f"# coremcp load benchmark — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n")
 print(f"Machine: {nproc} vCPU, {cpu}, Linux {platform.release()}. Machine quiet: {quiet}.  ")
+print(f"Commit {commit}; coremcp build: {built}; the peers: release.  ")
 print(f"Loopback, {conns} connections, {secs} s per run after a 2 s warm-up; servers on CPU {scpu} "
       f"(two shards: CPUs {cpus2 or '–'}), load generator on CPU {lcpu}. "
       "Latencies in ms. Closed loop: wrk. Fixed rate: "
@@ -376,9 +357,9 @@ print(f"Loopback, {conns} connections, {secs} s per run after a 2 s warm-up; ser
 print("| workload | server | req/s | p50 | p99 | p99.9 | fixed rate | p50 @rate | p99 @rate | p99.9 @rate | busy @rate | peak RSS MiB | ×peer | ×ceiling |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 ceiling = next((f(r[2]) for (k, w), r in R.items() if k == "hello"), None)
-names = {"coremcp": "coremcp (1 shard)", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
+names = {"coremcp": "coremcp (1 shard)", "coremcp-release": "coremcp (1 shard, plain release build)", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
 for w in dict.fromkeys(r[1] for r in rows):
-    for k in ("coremcp", "coremcp-nokeep", "rmcp", "coremcp2", "hello"):
+    for k in ("coremcp", "coremcp-release", "coremcp-nokeep", "rmcp", "coremcp2", "hello"):
         r = R.get((k, w))
         if not r: continue
         rps = f(r[2]); bad = int(r[6]) + int(r[7]) + int(r[13] if r[13] != "-" else 0)
