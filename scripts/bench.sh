@@ -78,6 +78,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+[ "${SERVERS%% *}" = coremcp ] || die "BENCH_SERVERS must start with coremcp: it sets the fixed rates"
+
 port_taken() { [ -n "$(ss -Hltn "sport = :$PORT")" ]; }
 
 # ---------------------------------------------------------------- tools
@@ -129,6 +131,10 @@ fi
 RMCP_PEER=$REPO/benches/peers/rmcp/target/release/rmcp-peer
 HELLO=$REPO/benches/peers/hello/target/release/hello-peer
 LOADGEN=$REPO/benches/loadgen/target/release/loadgen
+
+# The builds leave hundreds of MiB of dirty pages: write them back now, not
+# during the first rows.
+sync
 
 # ---------------------------------------------------------------- fixture
 ensure_fixture "$FIXTURE"
@@ -289,10 +295,13 @@ runs.sort(key=key)
 print(" ".join(runs[(len(runs) - 1) // 2]), ",".join(r[2] for r in runs))'
 }
 
+# Workload by workload, every server in turn: the rows a ratio divides are
+# measured minutes apart, not a quarter of an hour (this VM's speed drifts).
+# coremcp goes first in each, to set the workload's fixed rate.
 declare -A HALF
-for kind in $SERVERS; do
-    [ "$kind" = coremcp2 ] && [ -z "$SHARDS2_CPUS" ] && continue
-    for w in $WORKLOADS; do
+for w in $WORKLOADS; do
+    for kind in $SERVERS; do
+        [ "$kind" = coremcp2 ] && [ -z "$SHARDS2_CPUS" ] && continue
         # The ceiling answers every workload the same way: measure it once.
         if [ "$kind" = hello ] && [ "$w" != "$(echo $WORKLOADS | cut -d' ' -f1)" ]; then continue; fi
         # Only query_db has an answer cache to turn off.

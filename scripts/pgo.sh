@@ -70,7 +70,9 @@ PROFDATA=$(profdata)
 ensure_fixture "$FIXTURE"
 
 say "pgo: building the instrumented binary (target/pgo-gen)…"
-RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$WORK/build-profiles" \
+# A fixed path keeps RUSTFLAGS, and so the instrumented dependencies, the same
+# from one run to the next.
+RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$REPO/target/pgo-gen/build-profiles" \
     cargo build --release --quiet --target-dir target/pgo-gen
 
 say "pgo: training on 127.0.0.1:$PORT…"
