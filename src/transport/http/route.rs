@@ -29,7 +29,7 @@ const ACCEPT_BOTH: &[u8] = b"application/json, text/event-stream";
 /// streamed call the connection must write itself.
 ///
 /// An MCP answer's body is written straight into `out` and its head into room
-/// left before it (see [`finish_mcp`]). When `out` was empty, what is left of that
+/// left before it (see `finish_mcp`). When `out` was empty, what is left of that
 /// room stays at its start and `skip` says how many bytes of `out` to not send;
 /// otherwise the response is moved down to close the gap and `skip` is 0.
 pub async fn respond(
