@@ -130,15 +130,23 @@ impl PartialEq for Content {
 /// result with `is_error` set and a message saying what to change, never a JSON-RPC
 /// error: the model reads results, not protocol errors.
 ///
-/// A result a cache kept ([`Kept`]) leaves its own `content` and `structured`
-/// empty and shares the cache's: read a result through [`content`](Self::content)
-/// and [`structured_content`](Self::structured_content), which see both forms.
+/// A result a cache kept ([`Kept`]) shares the cache's blocks: read a result
+/// through [`content`](Self::content) and
+/// [`structured_content`](Self::structured_content), which see both forms.
 #[derive(Clone, Debug)]
 pub struct ToolResult {
-    content: Vec<Content>,
-    structured: Option<Value>,
+    body: Body,
     pub is_error: bool,
-    kept: Option<Rc<Kept>>,
+}
+
+/// What a result says: blocks of its own, or a kept answer's.
+#[derive(Clone, Debug)]
+enum Body {
+    Own {
+        content: Vec<Content>,
+        structured: Option<Value>,
+    },
+    Kept(Rc<Kept>),
 }
 
 /// Results are equal when they say the same, kept or not.
@@ -163,7 +171,10 @@ pub struct Kept {
 
 impl Kept {
     pub fn new(result: ToolResult) -> Kept {
-        assert!(result.kept.is_none(), "a kept answer is not kept twice");
+        assert!(
+            matches!(result.body, Body::Own { .. }),
+            "a kept answer is not kept twice"
+        );
         let mut json = Vec::new();
         result.write_members(&mut json);
         Kept {
@@ -179,67 +190,55 @@ impl Kept {
 }
 
 impl ToolResult {
-    pub fn text(text: impl Into<String>) -> ToolResult {
+    fn own(content: Content, structured: Option<Value>, is_error: bool) -> ToolResult {
         ToolResult {
-            content: vec![Content::Text(text.into())],
-            structured: None,
-            is_error: false,
-            kept: None,
+            body: Body::Own {
+                content: vec![content],
+                structured,
+            },
+            is_error,
         }
+    }
+
+    pub fn text(text: impl Into<String>) -> ToolResult {
+        ToolResult::own(Content::Text(text.into()), None, false)
     }
 
     /// A cached file's whole text, sent without copying it out of the cache.
     pub fn file(file: Rc<CachedFile>) -> ToolResult {
-        ToolResult {
-            content: vec![Content::File(file)],
-            structured: None,
-            is_error: false,
-            kept: None,
-        }
+        ToolResult::own(Content::File(file), None, false)
     }
 
     pub fn error(message: impl Into<String>) -> ToolResult {
-        ToolResult {
-            content: vec![Content::Text(message.into())],
-            structured: None,
-            is_error: true,
-            kept: None,
-        }
+        ToolResult::own(Content::Text(message.into()), None, true)
     }
 
     /// Structured output mirrored in a text block, for clients that read only text.
     pub fn structured(structured: Value, text: impl Into<String>) -> ToolResult {
-        ToolResult {
-            content: vec![Content::Text(text.into())],
-            structured: Some(structured),
-            is_error: false,
-            kept: None,
-        }
+        ToolResult::own(Content::Text(text.into()), Some(structured), false)
     }
 
     /// A kept answer, shared with its keeper.
     pub fn kept(kept: Rc<Kept>) -> ToolResult {
         ToolResult {
-            content: Vec::new(),
-            structured: None,
             is_error: kept.result.is_error,
-            kept: Some(kept),
+            body: Body::Kept(kept),
         }
     }
 
     /// The content blocks, kept or not.
     pub fn content(&self) -> &[Content] {
-        match &self.kept {
-            Some(k) => &k.result.content,
-            None => &self.content,
+        match &self.body {
+            Body::Own { content, .. } => content,
+            Body::Kept(k) => k.result.content(),
         }
     }
 
     /// The structured content, kept or not.
     pub fn structured_content(&self) -> Option<&Value> {
-        match &self.kept {
-            Some(k) => k.result.structured.as_ref(),
-            None => self.structured.as_ref(),
+        match &self.body {
+            Body::Own { structured, .. } => structured.as_ref(),
+            Body::Kept(k) => k.result.structured_content(),
         }
     }
 
@@ -249,26 +248,30 @@ impl ToolResult {
     /// or cloning `structured`: on a small read_file answer that tree cost as much
     /// as the rest of the request.
     pub fn write_json(&self, out: &mut Vec<u8>, tail: &[u8]) {
-        match &self.kept {
-            Some(k) => out.extend_from_slice(&k.json),
-            None => self.write_members(out),
-        }
+        self.write_members(out);
         out.extend_from_slice(tail);
         out.push(b'}');
     }
 
-    /// [`write_json`](Self::write_json) up to the tail, of an answer not kept.
+    /// [`write_json`](Self::write_json) up to the tail: a kept answer's as it was
+    /// rendered when kept.
     fn write_members(&self, out: &mut Vec<u8>) {
-        debug_assert!(self.kept.is_none());
+        let (content, structured) = match &self.body {
+            Body::Own {
+                content,
+                structured,
+            } => (content, structured),
+            Body::Kept(k) => return out.extend_from_slice(&k.json),
+        };
         out.extend_from_slice(b"{\"content\":[");
-        for (i, c) in self.content.iter().enumerate() {
+        for (i, c) in content.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             c.write_json(out);
         }
         out.push(b']');
-        if let Some(s) = &self.structured {
+        if let Some(s) = structured {
             out.extend_from_slice(b",\"structuredContent\":");
             sonic_rs::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
         }
@@ -531,16 +534,18 @@ mod tests {
             ToolResult::error("bad"),
             ToolResult::structured(json!({"rows": [[1, "a", null]], "n": 1.5}), "table"),
             ToolResult {
-                content: vec![Content::Text("a".into()), Content::Text("b".into())],
-                structured: None,
+                body: Body::Own {
+                    content: vec![Content::Text("a".into()), Content::Text("b".into())],
+                    structured: None,
+                },
                 is_error: false,
-                kept: None,
             },
             ToolResult {
-                content: vec![],
-                structured: Some(json!({})),
+                body: Body::Own {
+                    content: vec![],
+                    structured: Some(json!({})),
+                },
                 is_error: true,
-                kept: None,
             },
         ];
         for r in results {
@@ -592,9 +597,9 @@ mod tests {
         hit.write_json(&mut b, b"");
         assert_eq!(a, b);
         assert_eq!(kept.json_len() + 1, a.len(), "the tail and brace follow");
-        assert!(hit.content.is_empty() && hit.structured.is_none());
+        assert!(matches!(&hit.body, Body::Kept(k) if Rc::ptr_eq(k, &kept)));
         assert_eq!(hit.content()[0].text(), "table");
-        assert_eq!(hit.structured_content(), r.structured.as_ref());
+        assert_eq!(hit.structured_content(), r.structured_content());
         assert_eq!(Rc::strong_count(&kept), 2, "shared, not copied");
         let other = ToolResult::text("different");
         assert_ne!(ToolResult::kept(Rc::new(Kept::new(other))), hit);
