@@ -18,6 +18,14 @@ use crate::log::Level;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7411";
 /// Default per-call deadline for a tool call.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Period of each shard's heartbeat timer ([`crate::server`]). glommio-ng 0.12
+/// can park a shard in the kernel while one of its tasks is runnable (when the
+/// preemption timer fires before the scheduler has run anything, it takes the
+/// empty round for an idle one); an armed timer is then the only thing that
+/// wakes it. The period bounds that stall; a shard wakes this often when idle.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 10;
+/// Longest heartbeat period `runtime.heartbeat_ms` accepts.
+pub const MAX_HEARTBEAT_MS: u64 = 1_000;
 
 /// Bytes of request line plus headers; beyond it the answer is 431.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -158,6 +166,8 @@ pub struct Config {
     pub io_memory: Option<usize>,
     /// How long a task may run before glommio preempts it for another queue.
     pub preempt_timer: Option<Duration>,
+    /// Period of each shard's heartbeat timer ([`DEFAULT_HEARTBEAT_MS`]).
+    pub heartbeat: Duration,
     /// How long calls in flight may take to finish on SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
     /// Log level; `None` leaves the flag/environment/default choice alone.
@@ -261,6 +271,7 @@ impl Default for Config {
             ring_depth: None,
             io_memory: None,
             preempt_timer: None,
+            heartbeat: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
             shutdown_timeout: Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS),
             log_level: None,
             cache: CacheConfig::default(),

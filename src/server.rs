@@ -211,6 +211,9 @@ async fn run_shard(
         let _ = tx.send(Err(why.clone()));
         Err(why)
     };
+    // First, so that it also covers start-up (the mesh join below spins on
+    // runnable tasks while the other shards arrive).
+    glommio::spawn_local(heartbeat(config.heartbeat)).detach();
     let listener = match glommio::net::TcpListener::bind(config.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -336,6 +339,30 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGTERM => "SIGTERM",
         libc::SIGINT => "SIGINT",
         _ => "other",
+    }
+}
+
+/// Keeps a timer armed on the shard, forever.
+///
+/// glommio-ng 0.12's scheduler can park the shard in `io_uring_enter` while one
+/// of its tasks is runnable: when the preemption timer fires between the
+/// executor arming it and running its first task queue (the shard thread was
+/// descheduled in between, as a VM or a busy CPU does), the round runs nothing,
+/// and a round that ran nothing is taken to mean there is nothing to run. The
+/// task then waits for the next completion on the shard's rings, which on an
+/// idle shard may never come: a connection whose request has arrived, or the
+/// mesh join at start-up, stalls for good. `examples/lost_wakeup.rs` reproduces
+/// it in seconds with a 1 ms preemption slice. A parked shard always arms its
+/// next timer, so this one bounds such a stall to one period
+/// ([`crate::config::DEFAULT_HEARTBEAT_MS`]) at the cost of that many wakeups
+/// of an idle shard.
+async fn heartbeat(period: Duration) {
+    assert!(
+        period > Duration::ZERO,
+        "a zero period would spin the shard"
+    );
+    loop {
+        glommio::timer::sleep(period).await;
     }
 }
 

@@ -15,7 +15,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{resolve_database, resolve_root, set_limit_value, Config, ToolConfig};
+use super::{
+    resolve_database, resolve_root, set_limit_value, Config, ToolConfig, MAX_HEARTBEAT_MS,
+};
 use crate::log::Level;
 
 #[derive(Deserialize)]
@@ -44,6 +46,7 @@ struct RuntimeFile {
     ring_depth: Option<Spanned<usize>>,
     io_memory_bytes: Option<Spanned<usize>>,
     preempt_timer_ms: Option<Spanned<u64>>,
+    heartbeat_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -211,6 +214,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
         if let Some(p) = rt.preempt_timer_ms {
             cfg.preempt_timer = Some(positive_ms(&src, &p, "runtime.preempt_timer_ms")?);
         }
+        if let Some(h) = rt.heartbeat_ms {
+            if *h.get_ref() > MAX_HEARTBEAT_MS {
+                return Err(src.error(
+                    h.span(),
+                    "runtime.heartbeat_ms",
+                    format!("must be at most {MAX_HEARTBEAT_MS}"),
+                ));
+            }
+            cfg.heartbeat = positive_ms(&src, &h, "runtime.heartbeat_ms")?;
+        }
     }
     for (name, value) in file.limits.unwrap_or_default() {
         set_limit_value(&mut cfg.limits, &name, *value.get_ref())
@@ -308,6 +321,16 @@ mod tests {
             e.starts_with("/etc/coremcp.toml:3: ") && e.contains("cache"),
             "{e}"
         );
+        let e = err("[runtime]\nheartbeat_ms = 0\n");
+        assert!(
+            e.starts_with("/etc/coremcp.toml:2: runtime.heartbeat_ms: must be greater than 0"),
+            "{e}"
+        );
+        let e = err("[runtime]\nheartbeat_ms = 5000\n");
+        assert!(
+            e.contains(":2: runtime.heartbeat_ms: must be at most 1000"),
+            "{e}"
+        );
         let e = err("roots = [\"/nonexistent-coremcp-root\"]\n");
         assert!(
             e.contains(":1: roots: root /nonexistent-coremcp-root: "),
@@ -336,6 +359,7 @@ cpus = [0, 1]
 spin_before_park_us = 50
 ring_depth = 256
 preempt_timer_ms = 10
+heartbeat_ms = 5
 [limits]
 max_body_bytes = 1024
 idle_timeout = 500
@@ -358,6 +382,8 @@ timeout_ms = 100
         assert_eq!(cfg.cpus, [0, 1]);
         assert_eq!(cfg.spin_before_park, Some(Duration::from_micros(50)));
         assert_eq!(cfg.ring_depth, Some(256));
+        assert_eq!(cfg.preempt_timer, Some(Duration::from_millis(10)));
+        assert_eq!(cfg.heartbeat, Duration::from_millis(5));
         assert_eq!(cfg.limits.max_body_bytes, 1024);
         assert_eq!(cfg.limits.idle_timeout, Duration::from_millis(500));
         assert_eq!(cfg.cache.file_bytes, 1 << 20);
