@@ -111,9 +111,7 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     if let Some(bytes) = config.io_memory {
         builder = builder.io_memory(bytes);
     }
-    if let Some(t) = config.preempt_timer {
-        builder = builder.preempt_timer(t);
-    }
+    builder = builder.preempt_timer(config.preempt_timer);
     let pool = {
         let config = config.clone();
         builder

@@ -212,7 +212,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
             cfg.io_memory = Some(*m.get_ref());
         }
         if let Some(p) = rt.preempt_timer_ms {
-            cfg.preempt_timer = Some(positive_ms(&src, &p, "runtime.preempt_timer_ms")?);
+            cfg.preempt_timer = positive_ms(&src, &p, "runtime.preempt_timer_ms")?;
         }
         if let Some(h) = rt.heartbeat_ms {
             if *h.get_ref() > MAX_HEARTBEAT_MS {
@@ -382,7 +382,7 @@ timeout_ms = 100
         assert_eq!(cfg.cpus, [0, 1]);
         assert_eq!(cfg.spin_before_park, Some(Duration::from_micros(50)));
         assert_eq!(cfg.ring_depth, Some(256));
-        assert_eq!(cfg.preempt_timer, Some(Duration::from_millis(10)));
+        assert_eq!(cfg.preempt_timer, Duration::from_millis(10));
         assert_eq!(cfg.heartbeat, Duration::from_millis(5));
         assert_eq!(cfg.limits.max_body_bytes, 1024);
         assert_eq!(cfg.limits.idle_timeout, Duration::from_millis(500));
