@@ -15,10 +15,14 @@
 //! prints where each thread waits (the executor's is `io_cqring_wait`) and
 //! exits 1; usually within seconds.
 //!
-//! With HEARTBEAT_MS, a task also sleeps on a timer of that period in a loop,
-//! as every coremcp shard does (`runtime.heartbeat_ms`): a parked executor
-//! arms its next timer, so the stall ends within one period and the program
-//! runs to the end and exits 0.
+//! The spinners make the failure common: the executor arms its preemption
+//! timer with a syscall, and a syscall's return is where the kernel hands the
+//! CPU to a waiting spinner for a few milliseconds.
+//!
+//! With HEARTBEAT_MS, the executor also runs coremcp's shard heartbeat
+//! (`coremcp::server::start_heartbeat`, `runtime.heartbeat_ms`), which keeps a
+//! timer armed at every moment: a parking executor arms a wake-up for it, so
+//! each stall ends when it fires, and the program runs to the end and exits 0.
 //!
 //! Needs two CPUs (it uses CPU 1) and root or enough memlock for io_uring.
 
@@ -78,18 +82,16 @@ fn main() {
     let seconds = Duration::from_secs(arg(2, 30));
     let heartbeat = Duration::from_millis(arg(3, 0));
     for k in 0..SPINNERS {
-        std::thread::spawn(move || spin_and_sleep(0x9E37_79B9_7F4A_7C15 ^ (k + 1)));
+        std::thread::Builder::new()
+            .name(format!("spinner-{k}"))
+            .spawn(move || spin_and_sleep(0x9E37_79B9_7F4A_7C15 ^ (k + 1)))
+            .expect("cannot start a spinner thread");
     }
     let _executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(CPU))
         .preempt_timer(slice)
         .spawn(move || async move {
             if !heartbeat.is_zero() {
-                glommio::spawn_local(async move {
-                    loop {
-                        glommio::timer::sleep(heartbeat).await;
-                    }
-                })
-                .detach();
+                coremcp::server::start_heartbeat(heartbeat);
             }
             loop {
                 POLLS.fetch_add(1, Ordering::Relaxed);

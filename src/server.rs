@@ -209,9 +209,9 @@ async fn run_shard(
         let _ = tx.send(Err(why.clone()));
         Err(why)
     };
-    // First, so that it also covers start-up (the mesh join below spins on
-    // runnable tasks while the other shards arrive).
-    glommio::spawn_local(heartbeat(config.heartbeat)).detach();
+    // Before the first await, so that it also covers start-up (the mesh join
+    // below spins on runnable tasks while the other shards arrive).
+    start_heartbeat(config.heartbeat);
     let listener = match glommio::net::TcpListener::bind(config.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -340,28 +340,64 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// Keeps a timer armed on the shard, forever.
+/// Keeps a timer armed on the shard at every moment, forever.
 ///
 /// glommio-ng 0.12's scheduler can park the shard in `io_uring_enter` while one
-/// of its tasks is runnable: when the preemption timer fires between the
-/// executor arming it and running its first task queue (the shard thread was
-/// descheduled in between, as a VM or a busy CPU does), the round runs nothing,
-/// and a round that ran nothing is taken to mean there is nothing to run. The
-/// task then waits for the next completion on the shard's rings, which on an
-/// idle shard may never come: a connection whose request has arrived, or the
-/// mesh join at start-up, stalls for good. `examples/lost_wakeup.rs` reproduces
-/// it in seconds with a 1 ms preemption slice. A parked shard always arms its
-/// next timer, so this one bounds such a stall to one period
-/// ([`crate::config::DEFAULT_HEARTBEAT_MS`]) at the cost of that many wakeups
-/// of an idle shard.
-async fn heartbeat(period: Duration) {
+/// of its tasks is runnable. The executor arms its preemption timer with a
+/// syscall, and the return from a syscall is where the kernel switches to
+/// another thread on the CPU; if this thread is then kept off the CPU for a
+/// whole slice, the timer has fired before the first task queue is looked at,
+/// the round runs nothing, and a round that ran nothing is taken to mean there
+/// is nothing to run. Parked, the shard waits for the next completion on its
+/// rings, which on an idle shard may never come: a connection whose request has
+/// arrived, or the mesh join at start-up, stalls for good. With a 1 ms slice
+/// and a busy CPU this is common; `examples/lost_wakeup.rs` reproduces it.
+///
+/// A parking shard arms a wake-up for the earliest timer in its wheel, so a
+/// timer always armed turns "for good" into "until it fires". One timer is not
+/// always armed, though: once it fires, the task that would arm the next one
+/// has to run first, and that is the very thing a lost wakeup prevents (the
+/// thread may also have been off the CPU for several periods, and all of those
+/// timers fired at once). So the heartbeat keeps a ladder of
+/// [`HEARTBEAT_RUNGS`] timers, due after 1, 2, 4, … periods, and rebuilds it
+/// whenever the first one fires: the shard stays covered through that many
+/// failed rounds in a row, or an absence from the CPU of up to 2^(rungs-1)
+/// periods. It costs one wake-up per period
+/// ([`crate::config::DEFAULT_HEARTBEAT_MS`]) of an idle shard. The ladder is
+/// armed before this returns, so a caller that has not yet awaited anything is
+/// covered from its first await on.
+pub fn start_heartbeat(period: Duration) {
     assert!(
         period > Duration::ZERO,
         "a zero period would spin the shard"
     );
-    loop {
-        glommio::timer::sleep(period).await;
-    }
+    let mut ladder = arm_ladder(period);
+    glommio::spawn_local(async move {
+        loop {
+            // Only the first rung wakes this task; the others are there to
+            // wake the executor, and need no waker of their own.
+            (&mut ladder[0]).await;
+            ladder = arm_ladder(period);
+        }
+    })
+    .detach();
+}
+
+/// Timers of the heartbeat's ladder ([`start_heartbeat`]).
+const HEARTBEAT_RUNGS: usize = 12;
+
+/// Timers due 1, 2, 4, … heartbeat periods from now, each already in the wheel.
+fn arm_ladder(period: Duration) -> [glommio::timer::Timer; HEARTBEAT_RUNGS] {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    std::array::from_fn(|rung| {
+        let mut timer = glommio::timer::Timer::new(period * (1 << rung));
+        // Polling a timer is what puts it in the wheel; the executor wakes for
+        // it whoever waits. A rung already due (the thread was off the CPU
+        // since `new`) is simply not armed: a later one is.
+        let _ = std::pin::Pin::new(&mut timer).poll(&mut Context::from_waker(Waker::noop()));
+        timer
+    })
 }
 
 /// Binds (without listening) a SO_REUSEPORT socket to resolve port 0 and hold the
