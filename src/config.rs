@@ -18,14 +18,20 @@ use crate::log::Level;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7411";
 /// Default per-call deadline for a tool call.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
-/// How long a shard runs tasks before glommio polls its rings again. A
-/// connection under load takes its next request with a direct `recv` and stays
-/// runnable (transport::http::conn), so a busy shard's run queue may never
-/// drain; this slice is then what bounds how long a connection waiting on
-/// io_uring (its poll not yet submitted or reaped) waits. glommio's own 100 ms
-/// default showed as a 88 ms closed-loop p99; 1 ms gave 1.1 ms. A short slice
-/// makes glommio-ng's lost wakeup likely; [`DEFAULT_HEARTBEAT_MS`] bounds it.
-pub const DEFAULT_PREEMPT_TIMER_MS: u64 = 1;
+/// The latency the connections' task queue asks of glommio: while a connection
+/// is runnable, the shard runs tasks for at most this long before it polls its
+/// rings again. A connection under load takes its next request with a direct
+/// `recv` and stays runnable (transport::http::conn), so a busy shard's run
+/// queue may never drain; this slice is then what bounds how long a connection
+/// waiting on io_uring (its poll not yet submitted or reaped) waits. glommio's
+/// own 100 ms default showed as a 88 ms closed-loop p99; 1 ms gave 1.1 ms.
+///
+/// It is the connections' queue's, not the executor's (`preempt_timer_ms`,
+/// glommio's 100 ms by default), because a short slice makes glommio-ng's lost
+/// wakeup ([`DEFAULT_HEARTBEAT_MS`]) likely, and at start-up, before any task
+/// has run, nothing can bound it: with the executor's slice at 1 ms, 1 in 300
+/// runs of tests/ops.rs left a shard asleep for good before it had started.
+pub const DEFAULT_CONNECTION_LATENCY_MS: u64 = 1;
 /// Period of each shard's heartbeat timer ([`crate::server`]). glommio-ng 0.12
 /// can park a shard in the kernel while one of its tasks is runnable (when the
 /// preemption timer fires before the scheduler has run anything, it takes the
@@ -172,9 +178,10 @@ pub struct Config {
     pub ring_depth: Option<usize>,
     /// Bytes of registered I/O buffer memory per shard; `None`: glommio's default.
     pub io_memory: Option<usize>,
-    /// How long a shard runs tasks between polls of its io_uring rings
-    /// ([`DEFAULT_PREEMPT_TIMER_MS`]).
-    pub preempt_timer: Duration,
+    /// How long a task may run before glommio preempts it for another queue.
+    pub preempt_timer: Option<Duration>,
+    /// The connections' task-queue latency ([`DEFAULT_CONNECTION_LATENCY_MS`]).
+    pub connection_latency: Duration,
     /// Period of each shard's heartbeat timer ([`DEFAULT_HEARTBEAT_MS`]).
     pub heartbeat: Duration,
     /// How long calls in flight may take to finish on SIGTERM/SIGINT.
@@ -279,7 +286,8 @@ impl Default for Config {
             spin_before_park: None,
             ring_depth: None,
             io_memory: None,
-            preempt_timer: Duration::from_millis(DEFAULT_PREEMPT_TIMER_MS),
+            preempt_timer: None,
+            connection_latency: Duration::from_millis(DEFAULT_CONNECTION_LATENCY_MS),
             heartbeat: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
             shutdown_timeout: Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS),
             log_level: None,

@@ -111,7 +111,9 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     if let Some(bytes) = config.io_memory {
         builder = builder.io_memory(bytes);
     }
-    builder = builder.preempt_timer(config.preempt_timer);
+    if let Some(t) = config.preempt_timer {
+        builder = builder.preempt_timer(t);
+    }
     let pool = {
         let config = config.clone();
         builder

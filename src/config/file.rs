@@ -46,6 +46,7 @@ struct RuntimeFile {
     ring_depth: Option<Spanned<usize>>,
     io_memory_bytes: Option<Spanned<usize>>,
     preempt_timer_ms: Option<Spanned<u64>>,
+    connection_latency_ms: Option<Spanned<u64>>,
     heartbeat_ms: Option<Spanned<u64>>,
 }
 
@@ -212,7 +213,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
             cfg.io_memory = Some(*m.get_ref());
         }
         if let Some(p) = rt.preempt_timer_ms {
-            cfg.preempt_timer = positive_ms(&src, &p, "runtime.preempt_timer_ms")?;
+            cfg.preempt_timer = Some(positive_ms(&src, &p, "runtime.preempt_timer_ms")?);
+        }
+        if let Some(c) = rt.connection_latency_ms {
+            cfg.connection_latency = positive_ms(&src, &c, "runtime.connection_latency_ms")?;
         }
         if let Some(h) = rt.heartbeat_ms {
             if *h.get_ref() > MAX_HEARTBEAT_MS {
@@ -359,6 +363,7 @@ cpus = [0, 1]
 spin_before_park_us = 50
 ring_depth = 256
 preempt_timer_ms = 10
+connection_latency_ms = 2
 heartbeat_ms = 5
 [limits]
 max_body_bytes = 1024
@@ -382,7 +387,8 @@ timeout_ms = 100
         assert_eq!(cfg.cpus, [0, 1]);
         assert_eq!(cfg.spin_before_park, Some(Duration::from_micros(50)));
         assert_eq!(cfg.ring_depth, Some(256));
-        assert_eq!(cfg.preempt_timer, Duration::from_millis(10));
+        assert_eq!(cfg.preempt_timer, Some(Duration::from_millis(10)));
+        assert_eq!(cfg.connection_latency, Duration::from_millis(2));
         assert_eq!(cfg.heartbeat, Duration::from_millis(5));
         assert_eq!(cfg.limits.max_body_bytes, 1024);
         assert_eq!(cfg.limits.idle_timeout, Duration::from_millis(500));

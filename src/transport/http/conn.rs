@@ -58,7 +58,7 @@ enum Watched<T> {
 ///
 /// A shard whose connections all find requests waiting never drains its run
 /// queue, and glommio polls its rings only when the queue drains or the
-/// preemption slice ends: [`crate::config::DEFAULT_PREEMPT_TIMER_MS`] keeps
+/// preemption slice ends: [`crate::config::DEFAULT_CONNECTION_LATENCY_MS`] keeps
 /// that slice short.
 fn recv_ready(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
     use std::os::fd::AsRawFd;

@@ -40,6 +40,14 @@ impl Drop for Open {
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: &CancellationToken) {
     let open = Rc::new(Cell::new(0usize));
     let max = shard.config.limits.max_connections_per_shard;
+    // Connections, and what they spawn, run in their own queue: its latency is
+    // the short slice a loaded shard needs (config::DEFAULT_CONNECTION_LATENCY_MS),
+    // while start-up and background work keep glommio's long one.
+    let connections = glommio::executor().create_task_queue(
+        glommio::Shares::default(),
+        glommio::Latency::Matters(shard.config.connection_latency),
+        "connections",
+    );
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             stop.cancelled().await;
@@ -69,20 +77,28 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: &Cancell
                 &[],
             );
             shard.m().status(503);
-            glommio::spawn_local(async move {
+            spawn_connection(connections, async move {
                 let _ = stream.write_all(&out).await;
-            })
-            .detach();
+            });
             continue;
         }
         open.set(open.get() + 1);
         shard.m().connections.add(1);
         let guard = Open(open.clone(), shard.clone());
         let shard = shard.clone();
-        glommio::spawn_local(async move {
+        spawn_connection(connections, async move {
             conn::serve(shard, stream).await;
             drop(guard);
-        })
-        .detach();
+        });
     }
+}
+
+/// Runs a connection's future in the connections' task queue.
+fn spawn_connection(
+    queue: glommio::TaskQueueHandle,
+    future: impl std::future::Future<Output = ()> + 'static,
+) {
+    glommio::spawn_local_into(future, queue)
+        .expect("the connections' queue is created before the first accept and never removed")
+        .detach();
 }
