@@ -44,6 +44,9 @@ pub fn serve(config: Config) -> Result<(), String> {
 }
 
 async fn run(config: Arc<Config>) -> Result<(), String> {
+    // The stdio executor keeps glommio's 100 ms slice, which makes the lost
+    // wakeup the heartbeat guards against rare here, but not impossible.
+    crate::server::start_heartbeat(config.heartbeat);
     let sessions = Arc::new(SessionTable::new(1, 1, config.limits.session_idle));
     let names = crate::tools::Registry::configured(&config)
         .tools()
