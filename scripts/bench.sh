@@ -12,8 +12,13 @@
 #   * fixed rate: benches/loadgen (or oha) at half of coremcp's (1 shard)
 #     closed-loop maximum, with coordinated-omission correction;
 # checks first that one sample request answers 200 with a JSON-RPC result, and
-# that wrk saw no non-2xx answers or socket errors. Prints a markdown table and
-# writes it to bench-results/latest.md.
+# that wrk saw no non-2xx answers or socket errors. The hello-world ceiling is
+# measured in every workload, at the same fixed rate (what p99 the machine and
+# the generator allow at that rate), and in paired rounds: coremcp and the
+# ceiling back to back, alternating which goes first, so that the ratio to the
+# ceiling divides numbers taken seconds apart, not minutes (this VM's speed
+# drifts by tens of per cent from one minute to the next). Prints a markdown
+# table and writes it to bench-results/latest.md.
 #
 # Environment (defaults in brackets):
 #   BENCH_PORT [7411]           port on 127.0.0.1; refuses to run if it is taken
@@ -34,9 +39,20 @@
 #                               cache off (`[tools.query_db] cache = false`), so
 #                               every call runs SQLite as the peer does; query_db only
 #   BENCH_FIXED_GEN [loadgen]   fixed-rate generator: loadgen or oha
+#   BENCH_GEN_SPIN_US [1000]    loadgen's --spin-us: poll instead of sleeping when the
+#                               next request is due within this many µs (a timed
+#                               sleep on this VM wakes ~60 µs late, and the lateness
+#                               counts as latency); 0 to always sleep
 #   BENCH_FIXED_RUNS [3]        fixed-rate runs per row; the table shows the run
 #                               with the median p99 (tails on a VM vary several-fold
 #                               from run to run), and the log every run
+#   BENCH_PAIR_ROUNDS [3]       paired rounds of coremcp (1 shard) and the ceiling per
+#                               workload; the ×ceiling column of coremcp's row is
+#                               the median of their ratios (0 to skip them)
+#   BENCH_PAIR_SECONDS [5]      seconds per closed-loop run in a pair (after 2 s warm-up)
+#   BENCH_PAIR_WORKLOADS [read_file query_db tools_list]
+#                               workloads that get paired rounds (search_code is
+#                               ~2 % of the ceiling by nature: a ratio says nothing)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -55,10 +71,16 @@ SERVERS=${BENCH_SERVERS:-coremcp coremcp-release coremcp-nokeep rmcp hello corem
 BUILD=${BENCH_BUILD:-pgo}
 FIXED_GEN=${BENCH_FIXED_GEN:-loadgen}
 FIXED_RUNS=${BENCH_FIXED_RUNS:-3}
+GEN_SPIN_US=${BENCH_GEN_SPIN_US:-1000}
+PAIR_ROUNDS=${BENCH_PAIR_ROUNDS:-3}
+PAIR_SECONDS=${BENCH_PAIR_SECONDS:-5}
+PAIR_WORKLOADS=${BENCH_PAIR_WORKLOADS:-read_file query_db tools_list}
 URL="http://127.0.0.1:$PORT/mcp"
 WORK=$(mktemp -d /tmp/coremcp-bench.XXXXXX)
 RESULTS=$WORK/results.tsv
+PAIRS=$WORK/pairs.tsv
 : >"$RESULTS"
+: >"$PAIRS"
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "bench.sh: $*"; exit 1; }
@@ -223,7 +245,7 @@ closed_loop() { # workload seconds
 }
 
 # Fixed rate with coordinated-omission correction; appends
-# "achieved_rps p50 p99 p999 non200" (µs). BENCH_FIXED_GEN picks the generator:
+# "achieved_rps p50 p99 p999 non200 generator_busy%" (µs; busy "-" for oha). BENCH_FIXED_GEN picks the generator:
 # loadgen (default, benches/loadgen: one thread, one write per request, so its
 # own queueing stays out of the numbers) or oha (a hello-world server measured
 # through oha at 38k req/s on this 2-vCPU VM shows p99 4.2 ms; through loadgen
@@ -233,7 +255,7 @@ fixed_rate() { # workload rate seconds
         local args=() h
         while IFS= read -r h; do args+=(--header "$h"); done < <(headers_of "$1")
         taskset -c "$LOAD_CPU" "$LOADGEN" --url "$URL" --rate "$2" --connections "$CONNS" \
-            --duration-secs "$3" --warmup-secs 1 --json "${args[@]}" --body "$(body_of "$1")" \
+            --duration-secs "$3" --warmup-secs 1 --spin-us "$GEN_SPIN_US" --json "${args[@]}" --body "$(body_of "$1")" \
             >"$WORK/loadgen.json" 2>"$WORK/loadgen.err" &
         LOAD_PID=$!
         wait "$LOAD_PID" || true
@@ -243,7 +265,8 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 # No latency at all (unsustainable from the first second): "-" cells.
 us = lambda ms: "-" if ms is None else round(ms * 1000)
-print(round(d["rate_achieved"]), us(d["p50_ms"]), us(d["p99_ms"]), us(d["p999_ms"]), d["errors"] + d["non2xx"])
+print(round(d["rate_achieved"]), us(d["p50_ms"]), us(d["p99_ms"]), us(d["p999_ms"]), d["errors"] + d["non2xx"],
+      round(d["cpu_busy"] * 100))
 PY
         return
     fi
@@ -263,7 +286,7 @@ codes = d.get("statusCodeDistribution", {})
 errors = {k: n for k, n in d.get("errorDistribution", {}).items() if "aborted due to deadline" not in k}
 bad = sum(n for c, n in codes.items() if c != "200") + sum(errors.values())
 us = lambda s: round((s or 0) * 1e6)
-print(round(d["summary"]["requestsPerSec"]), us(p["p50"]), us(p["p99"]), us(p["p99.9"]), bad)
+print(round(d["summary"]["requestsPerSec"]), us(p["p50"]), us(p["p99"]), us(p["p99.9"]), bad, "-")
 PY
 }
 
@@ -274,7 +297,7 @@ server_ticks() {
 TICKS_PER_SEC=$(getconf CLK_TCK)
 
 # Runs fixed_rate FIXED_RUNS times and prints the run with the median p99 as
-# "achieved p50 p99 p999 bad busy% all-p99s", busy% being the server's CPU use
+# "achieved p50 p99 p999 bad genbusy% busy% all-p99s", busy% being the server's CPU use
 # over the run (warm-up included: same rate). A server that cannot sustain the
 # rate will not on a second try, so an unsustainable run ends the repeats.
 fixed_rate_runs() { # workload rate seconds
@@ -284,7 +307,7 @@ fixed_rate_runs() { # workload rate seconds
         line=$(fixed_rate "$1" "$2" "$3")
         busy=$(( ($(server_ticks) - t0) * 100 / (TICKS_PER_SEC * ($3 + 1)) ))
         runs+=("$line $busy")
-        say "   fixed $2 req/s, run $i: $line (achieved p50 p99 p99.9 µs, not 200), server busy ${busy}%"
+        say "   fixed $2 req/s, run $i: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %), server busy ${busy}%"
         [ "$(echo "$line" | cut -d' ' -f3)" = "-" ] && break
     done
     printf '%s\n' "${runs[@]}" | python3 -c '
@@ -295,6 +318,33 @@ runs.sort(key=key)
 print(" ".join(runs[(len(runs) - 1) // 2]), ",".join(r[2] for r in runs))'
 }
 
+# coremcp (1 shard) and the ceiling back to back, PAIR_ROUNDS times, the first
+# of each pair alternating; appends "workload round coremcp_rps hello_rps bad
+# noisy" to PAIRS.
+paired_rounds() { # workload
+    case " $SERVERS " in *" hello "*) ;; *) return 0 ;; esac
+    local i kind order rps bad noisy
+    for i in $(seq "$PAIR_ROUNDS"); do
+        order="coremcp hello"
+        [ $((i % 2)) = 0 ] && order="hello coremcp"
+        declare -A got=()
+        bad=0 noisy=0
+        busy && noisy=1
+        for kind in $order; do
+            start_server "$kind"
+            closed_loop "$1" 2 >/dev/null
+            read -r rps _ _ _ non2xx sockerr < <(closed_loop "$1" "$PAIR_SECONDS")
+            stop_server >/dev/null
+            got[$kind]=$rps
+            bad=$((bad + non2xx + sockerr))
+        done
+        busy && noisy=1
+        [ "$noisy" = 1 ] && QUIET="no: cargo/rustc ran during some rows (flagged)"
+        say "   pair $i ($order): coremcp ${got[coremcp]} req/s, ceiling ${got[hello]} req/s (bad $bad)"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$i" "${got[coremcp]}" "${got[hello]}" "$bad" "$noisy" >>"$PAIRS"
+    done
+}
+
 # Workload by workload, every server in turn: the rows a ratio divides are
 # measured minutes apart, not a quarter of an hour (this VM's speed drifts).
 # coremcp goes first in each, to set the workload's fixed rate.
@@ -302,8 +352,6 @@ declare -A HALF
 for w in $WORKLOADS; do
     for kind in $SERVERS; do
         [ "$kind" = coremcp2 ] && [ -z "$SHARDS2_CPUS" ] && continue
-        # The ceiling answers every workload the same way: measure it once.
-        if [ "$kind" = hello ] && [ "$w" != "$(echo $WORKLOADS | cut -d' ' -f1)" ]; then continue; fi
         # Only query_db has an answer cache to turn off.
         if [ "$kind" = coremcp-nokeep ] && [ "$w" != query_db ]; then continue; fi
         if [ "$kind" = coremcp-release ] && [ "$BUILD" != pgo ]; then continue; fi
@@ -320,26 +368,27 @@ for w in $WORKLOADS; do
         # Its own half: its own latency at its own operating point.
         [ "$kind" = coremcp-nokeep ] && rate=$((rps / 2))
         if [ "$rate" -gt 0 ] && [ "$kind" != coremcp2 ]; then
-            read -r frps fp50 fp99 fp999 fbad fbusy fp99s < <(fixed_rate_runs "$w" "$rate" "$SECONDS_PER_RUN")
-            say "   fixed $rate req/s (median of p99s $fp99s µs): achieved $frps, p50 ${fp50} µs, p99 ${fp99} µs, p99.9 ${fp999} µs (not 200: $fbad), server busy ${fbusy}%"
+            read -r frps fp50 fp99 fp999 fbad fgen fbusy fp99s < <(fixed_rate_runs "$w" "$rate" "$SECONDS_PER_RUN")
+            say "   fixed $rate req/s (median of p99s $fp99s µs): achieved $frps, p50 ${fp50} µs, p99 ${fp99} µs, p99.9 ${fp999} µs (not 200: $fbad), server busy ${fbusy}%, generator busy ${fgen}%"
         else
-            frps=- fp50=- fp99=- fp999=- fbad=0 fbusy=- fp99s=-
+            frps=- fp50=- fp99=- fp999=- fbad=0 fgen=- fbusy=- fp99s=-
         fi
         hwm=$(stop_server)
         # A build that started or ran during the row skews it: flag the row.
         busy && noisy=1
         [ "$noisy" = 1 ] && { QUIET="no: cargo/rustc ran during some rows (flagged)"; say "   warning: cargo/rustc ran during this row"; }
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
             "$kind" "$w" "$rps" "$p50" "$p99" "$p999" "$non2xx" "$sockerr" \
-            "$rate" "$frps" "$fp50" "$fp99" "$fp999" "$fbad" "$hwm" "$noisy" "$fbusy" "$fp99s" >>"$RESULTS"
+            "$rate" "$frps" "$fp50" "$fp99" "$fp999" "$fbad" "$hwm" "$noisy" "$fbusy" "$fp99s" "$fgen" >>"$RESULTS"
     done
+    case " $PAIR_WORKLOADS " in *" $w "*) paired_rounds "$w" ;; esac
 done
 
 # ---------------------------------------------------------------- table
 mkdir -p bench-results
-python3 - "$RESULTS" "$SECONDS_PER_RUN" "$CONNS" "$SERVER_CPU" "$LOAD_CPU" "$SHARDS2_CPUS" "$QUIET" "$FIXED_GEN" "$FIXED_RUNS" "$BUILT" "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" <<'PY' | tee bench-results/latest.md
+python3 - "$RESULTS" "$PAIRS" "$PAIR_SECONDS" "$GEN_SPIN_US" "$SECONDS_PER_RUN" "$CONNS" "$SERVER_CPU" "$LOAD_CPU" "$SHARDS2_CPUS" "$QUIET" "$FIXED_GEN" "$FIXED_RUNS" "$BUILT" "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" <<'PY' | tee bench-results/latest.md
 import sys, subprocess, datetime, platform
-path, secs, conns, scpu, lcpu, cpus2, quiet, fixed_gen, fixed_runs, built, commit = sys.argv[1:]
+path, pairs_path, pair_secs, spin_us, secs, conns, scpu, lcpu, cpus2, quiet, fixed_gen, fixed_runs, built, commit = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
 R = {}
 for r in rows:
@@ -358,14 +407,31 @@ print(f"Commit {commit}; coremcp build: {built}; the peers: release.  ")
 print(f"Loopback, {conns} connections, {secs} s per run after a 2 s warm-up; servers on CPU {scpu} "
       f"(two shards: CPUs {cpus2 or '–'}), load generator on CPU {lcpu}. "
       "Latencies in ms. Closed loop: wrk. Fixed rate: "
-      + ("benches/loadgen (open loop, latency from each request's due time)" if fixed_gen == "loadgen"
+      + (f"benches/loadgen (open loop, latency from each request's due time; `--spin-us {spin_us}`)" if fixed_gen == "loadgen"
          else "oha `-q` with `--latency-correction`")
       + f" at half of coremcp's closed-loop maximum, {fixed_runs} runs per row: the columns @rate are the run "
-      "with the median p99, and busy is the server's CPU use during it (100% = one CPU). "
-      "RSS: peak (VmHWM) of the server process.\n")
-print("| workload | server | req/s | p50 | p99 | p99.9 | fixed rate | p50 @rate | p99 @rate | p99.9 @rate | busy @rate | peak RSS MiB | ×peer | ×ceiling |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-ceiling = next((f(r[2]) for (k, w), r in R.items() if k == "hello"), None)
+      "with the median p99; busy is the server's CPU use during it and gen the load generator's "
+      "(100% = one CPU; a generator near 100% queues requests itself). The ceiling's row in each "
+      "workload is measured at that workload's rate: the p99 this machine and generator allow there. "
+      "RSS: peak (VmHWM) of the server process. "
+      f"×ceiling: for coremcp (1 shard) the median ratio of the paired rounds below ({pair_secs} s "
+      "runs back to back); for the other rows, req/s over the median of the ceiling's paired runs "
+      "(or its row, where the workload had no pairs).\n")
+pairs = {}
+for l in open(pairs_path):
+    if l.strip():
+        w, i, c, h, bad, noisy = l.rstrip("\n").split("\t")
+        pairs.setdefault(w, []).append((f(c), f(h), int(bad), noisy == "1"))
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return None if n == 0 else (xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2)
+def ceiling_of(w):
+    if w in pairs:
+        return median([h for _, h, _, _ in pairs[w]])
+    return f(R[("hello", w)][2]) if ("hello", w) in R else None
+print("| workload | server | req/s | p50 | p99 | p99.9 | fixed rate | p50 @rate | p99 @rate | p99.9 @rate | busy @rate | gen @rate | peak RSS MiB | ×peer | ×ceiling |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 names = {"coremcp": "coremcp (1 shard)", "coremcp-release": "coremcp (1 shard, plain release build)", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
 for w in dict.fromkeys(r[1] for r in rows):
     for k in ("coremcp", "coremcp-release", "coremcp-nokeep", "rmcp", "coremcp2", "hello"):
@@ -374,15 +440,27 @@ for w in dict.fromkeys(r[1] for r in rows):
         rps = f(r[2]); bad = int(r[6]) + int(r[7]) + int(r[13] if r[13] != "-" else 0)
         peer = f(R[("rmcp", w)][2]) if ("rmcp", w) in R else None
         xp = f"{rps/peer:.1f}×" if k.startswith("coremcp") and peer else ""
+        ceiling = ceiling_of(w)
         xc = f"{rps/ceiling:.0%}" if k.startswith("coremcp") and ceiling else ""
+        if k == "coremcp" and w in pairs:
+            xc = f"{median([c / h for c, h, _, _ in pairs[w]]):.0%} (paired)"
         rate = r[8] if r[9] != "-" else "–"
         achieved = "" if r[9] == "-" or f(r[9]) >= 0.97 * f(r[8]) else f" (got {r[9]})"
         flag = (f" ⚠ {bad} bad" if bad else "") + (" ⚠ busy" if r[15] == "1" else "")
         # A run the server could not sustain stops early: its CPU share means nothing.
         busy = r[16] + "%" if r[16] != "-" and not achieved else "–"
-        print(f"| {w if k != 'hello' else '(any)'} | {names[k]}{flag} | {rps:,.0f} | {ms(r[3])} | {ms(r[4])} | {ms(r[5])} | "
-              f"{rate}{achieved} | {ms(r[10])} | {ms(r[11])} | {ms(r[12])} | {busy} | {int(r[14])/1024:.1f} | {xp} | {xc} |")
+        gen = r[18] + "%" if r[18] != "-" else "–"
+        print(f"| {w} | {names[k]}{flag} | {rps:,.0f} | {ms(r[3])} | {ms(r[4])} | {ms(r[5])} | "
+              f"{rate}{achieved} | {ms(r[10])} | {ms(r[11])} | {ms(r[12])} | {busy} | {gen} | {int(r[14])/1024:.1f} | {xp} | {xc} |")
 print()
+if pairs:
+    print("Paired rounds, coremcp (1 shard) against the ceiling, closed loop (req/s, the ratio):")
+    for w, ps in pairs.items():
+        cells = []
+        for c, h, bad, noisy in ps:
+            cells.append(f"{c:,.0f} / {h:,.0f} = {c / h:.0%}" + (f" ⚠ {bad} bad" if bad else "") + (" ⚠ busy" if noisy else ""))
+        print(f"- {w}: " + "; ".join(cells) + f". Median ratio {median([c / h for c, h, _, _ in ps]):.0%}.")
+    print()
 print("p99 of every fixed-rate run, ms:")
 for r in rows:
     if r[17] != "-":
