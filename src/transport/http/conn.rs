@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::deadlines::Registration;
 use super::direct;
 use super::frame::{self, ChunkError, Chunked, Head, HeadError};
 use super::route::{self, Streaming};
@@ -122,12 +123,15 @@ async fn answer_or_hangup<T, F: Future<Output = T>>(
     }
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// Serves one connection until it closes; `deadline` is its slot in the shard's
+/// table of read deadlines.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, deadline: Registration) {
     let _ = stream.set_nodelay(true);
     let mut conn = Conn {
         limits_idle: shard.config.limits.idle_timeout,
         shard,
         stream,
+        deadline,
         rbuf: vec![0; INITIAL_READ_BUFFER],
         start: 0,
         end: 0,
@@ -151,6 +155,9 @@ struct Conn {
     shard: Rc<Shard>,
     limits_idle: Duration,
     stream: TcpStream,
+    /// Ends a read that outlives its deadline (the idle, header and body
+    /// timeouts), without a glommio timer per connection.
+    deadline: Registration,
     /// Received bytes live in `rbuf[start..end]`.
     rbuf: Vec<u8>,
     start: usize,
@@ -441,8 +448,10 @@ impl Conn {
             self.end += n;
             return Ok(n);
         }
-        self.stream.set_read_timeout(Some(left))?;
-        let n = self.stream.read(&mut self.rbuf[self.end..]).await?;
+        let n = self
+            .deadline
+            .within(deadline, self.stream.read(&mut self.rbuf[self.end..]))
+            .await?;
         self.end += n;
         Ok(n)
     }

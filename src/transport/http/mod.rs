@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod conn;
+pub mod deadlines;
 pub mod direct;
 pub mod frame;
 pub mod route;
@@ -48,6 +49,9 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: &Cancell
         glommio::Latency::Matters(shard.config.connection_latency),
         "connections",
     );
+    let limits = &shard.config.limits;
+    let deadlines = deadlines::Deadlines::new(&[limits.idle_timeout, limits.header_timeout]);
+    glommio::spawn_local(deadlines.clone().sweep()).detach();
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             stop.cancelled().await;
@@ -86,8 +90,9 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: &Cancell
         shard.m().connections.add(1);
         let guard = Open(open.clone(), shard.clone());
         let shard = shard.clone();
+        let deadline = deadlines.register();
         spawn_connection(connections, async move {
-            conn::serve(shard, stream).await;
+            conn::serve(shard, stream, deadline).await;
             drop(guard);
         });
     }
