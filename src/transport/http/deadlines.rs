@@ -135,13 +135,22 @@ impl Registration {
             slot.deadline = Some(deadline);
             slot.expired = false;
         }
+        // Disarms the slot however this ends, a drop of the read included.
+        let _armed = Armed(self);
         let expiry = async { Err(Expiry { reg: self }.await) };
-        let result = futures_lite::future::or(read, expiry).await;
-        let mut slots = self.table.slots.borrow_mut();
-        let slot = &mut slots[self.key];
+        futures_lite::future::or(read, expiry).await
+    }
+}
+
+/// A read in progress; its slot is disarmed when this drops.
+struct Armed<'a>(&'a Registration);
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.0.table.slots.borrow_mut();
+        let slot = &mut slots[self.0.key];
         slot.deadline = None;
         slot.waker = None;
-        result
     }
 }
 
@@ -223,6 +232,15 @@ mod tests {
             let err = reg.within(deadline, never).await.unwrap_err();
             assert_eq!(err.kind(), ErrorKind::TimedOut);
             assert!(Instant::now() >= deadline, "not before the deadline");
+            // A read dropped before it ends leaves its slot disarmed.
+            let far = Instant::now() + Duration::from_secs(60);
+            let mut read = Box::pin(reg.within(far, std::future::pending::<std::io::Result<()>>()));
+            assert!(futures_lite::future::poll_once(read.as_mut())
+                .await
+                .is_none());
+            assert_eq!(table.slots.borrow()[reg.key].deadline, Some(far));
+            drop(read);
+            assert!(table.slots.borrow()[reg.key].deadline.is_none());
             // The next read on the same connection starts afresh.
             let got = reg
                 .within(Instant::now() + Duration::from_secs(60), async { Ok(1) })
