@@ -27,6 +27,8 @@ pub const MAX_SWEEP: Duration = Duration::from_millis(250);
 
 /// A shard's table of read deadlines.
 pub struct Deadlines {
+    /// One slot per open connection, reused as they come and go: as many as
+    /// `limits.max_connections_per_shard` at most.
     slots: RefCell<Vec<Slot>>,
     /// Indices of `slots` no connection holds.
     free: RefCell<Vec<usize>>,
