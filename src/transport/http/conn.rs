@@ -434,8 +434,7 @@ impl Conn {
                 self.rbuf.resize(want, 0);
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= deadline {
             return Err(ErrorKind::TimedOut.into());
         }
         // Between requests, let the shard's other connections run first: under
