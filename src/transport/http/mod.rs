@@ -40,7 +40,8 @@ impl Drop for Open {
 /// (shutdown); the listener closes when this returns.
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: &CancellationToken) {
     let open = Rc::new(Cell::new(0usize));
-    let max = shard.config.limits.max_connections_per_shard;
+    let limits = &shard.config.limits;
+    let max = limits.max_connections_per_shard;
     // Connections, and what they spawn, run in their own queue: its latency is
     // the short slice a loaded shard needs (config::DEFAULT_CONNECTION_LATENCY_MS),
     // while start-up and background work keep glommio's long one.
@@ -49,7 +50,6 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: &Cancell
         glommio::Latency::Matters(shard.config.connection_latency),
         "connections",
     );
-    let limits = &shard.config.limits;
     let deadlines = deadlines::Deadlines::new(&[limits.idle_timeout, limits.header_timeout]);
     glommio::spawn_local(deadlines.clone().sweep()).detach();
     loop {
