@@ -145,6 +145,8 @@ struct Conn {
     stream: TcpStream,
     /// Due time of the request in flight, if any.
     due: Option<Instant>,
+    /// When the request in flight was written.
+    sent: Instant,
     buf: Vec<u8>,
 }
 
@@ -302,6 +304,7 @@ fn main() {
         .map(|_| Conn {
             stream: connect(&a),
             due: None,
+            sent: Instant::now(),
             buf: Vec::with_capacity(64 * 1024),
         })
         .collect();
@@ -309,6 +312,10 @@ fn main() {
     let total = ((a.warmup + a.duration) * a.rate) as u64;
     let warm = (a.warmup * a.rate) as u64;
     let mut latencies: Vec<u32> = Vec::with_capacity((total - warm) as usize);
+    // The two parts of each latency: due → written (the generator's own lag,
+    // or a backlog waiting for a free connection) and written → answered.
+    let mut send_lags: Vec<u32> = Vec::with_capacity((total - warm) as usize);
+    let mut from_send: Vec<u32> = Vec::with_capacity((total - warm) as usize);
     let (mut errors, mut non2xx, mut unsustainable) = (0u64, 0u64, false);
     let mut idle: Vec<usize> = (0..conns.len()).collect();
     let poller = Poller::new();
@@ -342,6 +349,7 @@ fn main() {
                 poller.add(&c.stream, i);
                 idle.push(i);
             }
+            c.sent = Instant::now();
             last_send = now;
         }
         if next < total && due_of(next) + Duration::from_secs_f64(MAX_BACKLOG_SECS) < now {
@@ -382,8 +390,11 @@ fn main() {
                     done += 1;
                     answered += 1;
                     if due >= due_of(warm) {
-                        let us = Instant::now().saturating_duration_since(due).as_micros();
-                        latencies.push(us.min(u32::MAX as u128) as u32);
+                        let now = Instant::now();
+                        let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
+                        latencies.push(us(now.saturating_duration_since(due)));
+                        send_lags.push(us(c.sent.saturating_duration_since(due)));
+                        from_send.push(us(now.saturating_duration_since(c.sent)));
                         if !(200..300).contains(&status) {
                             non2xx += 1;
                         }
@@ -430,13 +441,17 @@ fn main() {
     // what it did manage.
     let elapsed = Instant::now().saturating_duration_since(t0).as_secs_f64();
     latencies.sort_unstable();
-    let pct = |q: f64| -> f64 {
-        if latencies.is_empty() {
+    send_lags.sort_unstable();
+    from_send.sort_unstable();
+    let pct_of = |v: &[u32], q: f64| -> f64 {
+        if v.is_empty() {
             return f64::NAN;
         }
-        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i] as f64 / 1000.0
+        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i] as f64 / 1000.0
     };
+    let pct = |q: f64| pct_of(&latencies, q);
+    let (lag_p99, sent_p99) = (pct_of(&send_lags, 0.99), pct_of(&from_send, 0.99));
     let achieved = answered as f64 / elapsed.max(1e-9);
     let cpu_busy = cpu_time().saturating_sub(cpu0).as_secs_f64() / elapsed.max(1e-9);
     let (p50, p90, p99, p999) = (pct(0.50), pct(0.90), pct(0.99), pct(0.999));
@@ -451,7 +466,7 @@ fn main() {
             }
         };
         println!(
-            "{{\"rate_target\":{},\"rate_achieved\":{:.0},\"requests\":{},\"errors\":{},\"non2xx\":{},\"p50_ms\":{},\"p90_ms\":{},\"p99_ms\":{},\"p999_ms\":{},\"max_ms\":{},\"unsustainable\":{},\"cpu_busy\":{:.3}}}",
+            "{{\"rate_target\":{},\"rate_achieved\":{:.0},\"requests\":{},\"errors\":{},\"non2xx\":{},\"p50_ms\":{},\"p90_ms\":{},\"p99_ms\":{},\"p999_ms\":{},\"max_ms\":{},\"unsustainable\":{},\"cpu_busy\":{:.3},\"send_lag_p99_ms\":{},\"from_send_p99_ms\":{}}}",
             a.rate,
             achieved,
             latencies.len(),
@@ -463,11 +478,13 @@ fn main() {
             j(p999),
             j(max),
             unsustainable,
-            cpu_busy
+            cpu_busy,
+            j(lag_p99),
+            j(sent_p99)
         );
     } else {
         println!(
-            "rate {} (achieved {:.0}) over {} connections: {} requests, p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}; errors {}, non-2xx {}; generator CPU {:.0}%{}",
+            "rate {} (achieved {:.0}) over {} connections: {} requests, p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}; errors {}, non-2xx {}; generator CPU {:.0}%; p99 of due→sent {:.3}, of sent→answered {:.3}{}",
             a.rate,
             achieved,
             a.connections,
@@ -480,6 +497,8 @@ fn main() {
             errors,
             non2xx,
             cpu_busy * 100.0,
+            lag_p99,
+            sent_p99,
             if unsustainable { " — UNSUSTAINABLE: the backlog passed 1 s" } else { "" }
         );
     }
