@@ -245,7 +245,9 @@ closed_loop() { # workload seconds
 }
 
 # Fixed rate with coordinated-omission correction; appends
-# "achieved_rps p50 p99 p999 non200 generator_busy%" (µs; busy "-" for oha). BENCH_FIXED_GEN picks the generator:
+# "achieved_rps p50 p99 p999 non200 generator_busy% generator_lag_p99" (µs; the
+# last two "-" for oha). The lag is how late the generator wrote requests after
+# they were due (its own queueing, or no free connection). BENCH_FIXED_GEN picks the generator:
 # loadgen (default, benches/loadgen: one thread, one write per request, so its
 # own queueing stays out of the numbers) or oha (a hello-world server measured
 # through oha at 38k req/s on this 2-vCPU VM shows p99 4.2 ms; through loadgen
@@ -266,7 +268,7 @@ d = json.load(open(sys.argv[1]))
 # No latency at all (unsustainable from the first second): "-" cells.
 us = lambda ms: "-" if ms is None else round(ms * 1000)
 print(round(d["rate_achieved"]), us(d["p50_ms"]), us(d["p99_ms"]), us(d["p999_ms"]), d["errors"] + d["non2xx"],
-      round(d["cpu_busy"] * 100))
+      round(d["cpu_busy"] * 100), us(d["send_lag_p99_ms"]))
 PY
         return
     fi
@@ -286,7 +288,7 @@ codes = d.get("statusCodeDistribution", {})
 errors = {k: n for k, n in d.get("errorDistribution", {}).items() if "aborted due to deadline" not in k}
 bad = sum(n for c, n in codes.items() if c != "200") + sum(errors.values())
 us = lambda s: round((s or 0) * 1e6)
-print(round(d["summary"]["requestsPerSec"]), us(p["p50"]), us(p["p99"]), us(p["p99.9"]), bad, "-")
+print(round(d["summary"]["requestsPerSec"]), us(p["p50"]), us(p["p99"]), us(p["p99.9"]), bad, "-", "-")
 PY
 }
 
@@ -297,8 +299,8 @@ server_ticks() {
 TICKS_PER_SEC=$(getconf CLK_TCK)
 
 # Runs fixed_rate FIXED_RUNS times and prints the run with the median p99 as
-# "achieved p50 p99 p999 bad genbusy% busy% all-p99s", busy% being the server's CPU use
-# over the run (warm-up included: same rate). A server that cannot sustain the
+# "achieved p50 p99 p999 bad genbusy% genlag busy% all-p99s", busy% being the server's CPU use
+# over the run (warm-up included: same rate), all-p99s each run's "p99/genlag". A server that cannot sustain the
 # rate will not on a second try, so an unsustainable run ends the repeats.
 fixed_rate_runs() { # workload rate seconds
     local i t0 line busy runs=()
@@ -307,7 +309,7 @@ fixed_rate_runs() { # workload rate seconds
         line=$(fixed_rate "$1" "$2" "$3")
         busy=$(( ($(server_ticks) - t0) * 100 / (TICKS_PER_SEC * ($3 + 1)) ))
         runs+=("$line $busy")
-        say "   fixed $2 req/s, run $i: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %), server busy ${busy}%"
+        say "   fixed $2 req/s, run $i: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %, generator lag p99 µs), server busy ${busy}%"
         [ "$(echo "$line" | cut -d' ' -f3)" = "-" ] && break
     done
     printf '%s\n' "${runs[@]}" | python3 -c '
@@ -315,7 +317,7 @@ import sys
 runs = [l.split() for l in sys.stdin if l.strip()]
 key = lambda r: float("inf") if r[2] == "-" else float(r[2])
 runs.sort(key=key)
-print(" ".join(runs[(len(runs) - 1) // 2]), ",".join(r[2] for r in runs))'
+print(" ".join(runs[(len(runs) - 1) // 2]), ",".join(r[2] + "/" + r[6] for r in runs))'
 }
 
 # coremcp (1 shard) and the ceiling back to back, PAIR_ROUNDS times, the first
@@ -368,18 +370,18 @@ for w in $WORKLOADS; do
         # Its own half: its own latency at its own operating point.
         [ "$kind" = coremcp-nokeep ] && rate=$((rps / 2))
         if [ "$rate" -gt 0 ] && [ "$kind" != coremcp2 ]; then
-            read -r frps fp50 fp99 fp999 fbad fgen fbusy fp99s < <(fixed_rate_runs "$w" "$rate" "$SECONDS_PER_RUN")
-            say "   fixed $rate req/s (median of p99s $fp99s µs): achieved $frps, p50 ${fp50} µs, p99 ${fp99} µs, p99.9 ${fp999} µs (not 200: $fbad), server busy ${fbusy}%, generator busy ${fgen}%"
+            read -r frps fp50 fp99 fp999 fbad fgen flag fbusy fp99s < <(fixed_rate_runs "$w" "$rate" "$SECONDS_PER_RUN")
+            say "   fixed $rate req/s (median of p99s $fp99s µs): achieved $frps, p50 ${fp50} µs, p99 ${fp99} µs, p99.9 ${fp999} µs (not 200: $fbad), server busy ${fbusy}%, generator busy ${fgen}%, generator lag p99 ${flag} µs"
         else
-            frps=- fp50=- fp99=- fp999=- fbad=0 fgen=- fbusy=- fp99s=-
+            frps=- fp50=- fp99=- fp999=- fbad=0 fgen=- flag=- fbusy=- fp99s=-
         fi
         hwm=$(stop_server)
         # A build that started or ran during the row skews it: flag the row.
         busy && noisy=1
         [ "$noisy" = 1 ] && { QUIET="no: cargo/rustc ran during some rows (flagged)"; say "   warning: cargo/rustc ran during this row"; }
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
             "$kind" "$w" "$rps" "$p50" "$p99" "$p999" "$non2xx" "$sockerr" \
-            "$rate" "$frps" "$fp50" "$fp99" "$fp999" "$fbad" "$hwm" "$noisy" "$fbusy" "$fp99s" "$fgen" >>"$RESULTS"
+            "$rate" "$frps" "$fp50" "$fp99" "$fp999" "$fbad" "$hwm" "$noisy" "$fbusy" "$fp99s" "$fgen" "$flag" >>"$RESULTS"
     done
     case " $PAIR_WORKLOADS " in *" $w "*) paired_rounds "$w" ;; esac
 done
@@ -411,7 +413,9 @@ print(f"Loopback, {conns} connections, {secs} s per run after a 2 s warm-up; ser
          else "oha `-q` with `--latency-correction`")
       + f" at half of coremcp's closed-loop maximum, {fixed_runs} runs per row: the columns @rate are the run "
       "with the median p99; busy is the server's CPU use during it and gen the load generator's "
-      "(100% = one CPU; a generator near 100% queues requests itself). The ceiling's row in each "
+      "(100% = one CPU; a generator near 100% queues requests itself), and lag the p99 of how late "
+      "the generator wrote each request after it was due: that much of p99 @rate is the generator's "
+      "own queueing (or, in a stall, no free connection), not the server's. The ceiling's row in each "
       "workload is measured at that workload's rate: the p99 this machine and generator allow there. "
       "RSS: peak (VmHWM) of the server process. "
       f"×ceiling: for coremcp (1 shard) the median ratio of the paired rounds below ({pair_secs} s "
@@ -430,8 +434,8 @@ def ceiling_of(w):
     if w in pairs:
         return median([h for _, h, _, _ in pairs[w]])
     return f(R[("hello", w)][2]) if ("hello", w) in R else None
-print("| workload | server | req/s | p50 | p99 | p99.9 | fixed rate | p50 @rate | p99 @rate | p99.9 @rate | busy @rate | gen @rate | peak RSS MiB | ×peer | ×ceiling |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| workload | server | req/s | p50 | p99 | p99.9 | fixed rate | p50 @rate | p99 @rate | p99.9 @rate | busy @rate | gen @rate | lag @rate | peak RSS MiB | ×peer | ×ceiling |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 names = {"coremcp": "coremcp (1 shard)", "coremcp-release": "coremcp (1 shard, plain release build)", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
 for w in dict.fromkeys(r[1] for r in rows):
     for k in ("coremcp", "coremcp-release", "coremcp-nokeep", "rmcp", "coremcp2", "hello"):
@@ -451,7 +455,7 @@ for w in dict.fromkeys(r[1] for r in rows):
         busy = r[16] + "%" if r[16] != "-" and not achieved else "–"
         gen = r[18] + "%" if r[18] != "-" else "–"
         print(f"| {w} | {names[k]}{flag} | {rps:,.0f} | {ms(r[3])} | {ms(r[4])} | {ms(r[5])} | "
-              f"{rate}{achieved} | {ms(r[10])} | {ms(r[11])} | {ms(r[12])} | {busy} | {gen} | {int(r[14])/1024:.1f} | {xp} | {xc} |")
+              f"{rate}{achieved} | {ms(r[10])} | {ms(r[11])} | {ms(r[12])} | {busy} | {gen} | {ms(r[19])} | {int(r[14])/1024:.1f} | {xp} | {xc} |")
 print()
 if pairs:
     print("Paired rounds, coremcp (1 shard) against the ceiling, closed loop (req/s, the ratio):")
@@ -461,10 +465,11 @@ if pairs:
             cells.append(f"{c:,.0f} / {h:,.0f} = {c / h:.0%}" + (f" ⚠ {bad} bad" if bad else "") + (" ⚠ busy" if noisy else ""))
         print(f"- {w}: " + "; ".join(cells) + f". Median ratio {median([c / h for c, h, _, _ in ps]):.0%}.")
     print()
-print("p99 of every fixed-rate run, ms:")
+print("p99 of every fixed-rate run, ms (in brackets, the generator's lag p99):")
 for r in rows:
     if r[17] != "-":
-        print(f"- {r[1]}, {names[r[0]]}: " + ", ".join(ms(x) for x in r[17].split(",")))
+        runs = [x.split("/") for x in r[17].split(",")]
+        print(f"- {r[1]}, {names[r[0]]}: " + ", ".join(f"{ms(p)} ({ms(lag)})" for p, lag in runs))
 print()
 print("A row marked ⚠ bad saw non-2xx answers or socket errors, ⚠ busy saw a cargo/rustc process "
       "on the machine: do not trust either.")
