@@ -240,6 +240,10 @@ async fn run_shard(
         })
         .detach();
     }
+    let readiness = match http::Readiness::new() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("shard {index}: cannot create its epoll set: {e}")),
+    };
     // SAFETY: sched_getcpu has no preconditions.
     let cpu = unsafe { libc::sched_getcpu() };
     // Bound and listening: connections queue in the backlog from here on.
@@ -257,7 +261,7 @@ async fn run_shard(
     })
     .detach();
     let stop = shutdown.attach();
-    http::accept_loop(shard.clone(), listener, &stop).await;
+    http::accept_loop(shard.clone(), listener, readiness, &stop).await;
     drain(&shard).await;
     Ok(())
 }

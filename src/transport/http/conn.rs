@@ -19,6 +19,7 @@ use glommio::net::TcpStream;
 use super::deadlines::Registration;
 use super::direct;
 use super::frame::{self, ChunkError, Chunked, Head, HeadError};
+use super::readiness::Watch;
 use super::route::{self, Streaming};
 use super::sse;
 use crate::shard::Shard;
@@ -46,12 +47,13 @@ enum Watched<T> {
 }
 
 /// Takes whatever bytes the socket already holds, without waiting: `None` when
-/// it holds none (the caller then waits through glommio's read).
+/// it holds none (the caller then waits for the shard's epoll set to report the
+/// socket, [`super::readiness`]).
 ///
-/// Why not glommio's read alone: after every read that does not fill the
-/// buffer, it arms an io_uring poll for the next one, and the poll's completion
-/// is what wakes the connection. That is one poll armed, completed and reaped
-/// per request, even when the next request is already waiting. Measured on the
+/// Why not glommio's read: after every read that does not fill the buffer, it
+/// arms an io_uring poll for the next one, and the poll's completion is what
+/// wakes the connection. That is one poll armed, completed and reaped per
+/// request, even when the next request is already waiting. Measured on the
 /// 2-vCPU VM (docs/performance.md, tuning item 26): reading directly first
 /// took a cached read_file from ~106k to ~135k req/s in interleaved runs, with
 /// ~1 µs less user and ~1 µs less system CPU per request. When nothing is
@@ -124,12 +126,13 @@ async fn answer_or_hangup<T, F: Future<Output = T>>(
 }
 
 /// Serves one connection until it closes; `deadline` is its slot in the shard's
-/// table of read deadlines.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, deadline: Registration) {
+/// table of read deadlines, `watch` its place in the shard's epoll set.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, deadline: Registration, watch: Watch) {
     let _ = stream.set_nodelay(true);
     let mut conn = Conn {
         limits_idle: shard.config.limits.idle_timeout,
         shard,
+        watch,
         stream,
         deadline,
         rbuf: vec![0; INITIAL_READ_BUFFER],
@@ -154,6 +157,9 @@ impl Drop for Conn {
 struct Conn {
     shard: Rc<Shard>,
     limits_idle: Duration,
+    /// The socket's place in the shard's epoll set; declared before `stream` so
+    /// that it leaves the set before the socket closes.
+    watch: Watch,
     stream: TcpStream,
     /// Ends a read that outlives its deadline (the idle, header and body
     /// timeouts), without a glommio timer per connection.
@@ -443,16 +449,21 @@ impl Conn {
         if self.start == self.end {
             futures_lite::future::yield_now().await;
         }
-        if let Some(n) = recv_ready(&self.stream, &mut self.rbuf[self.end..])? {
-            self.end += n;
-            return Ok(n);
+        loop {
+            // Cleared before the read, so that bytes arriving after it are
+            // reported again whatever the set said before.
+            self.watch.clear();
+            if let Some(n) = recv_ready(&self.stream, &mut self.rbuf[self.end..])? {
+                self.end += n;
+                return Ok(n);
+            }
+            self.deadline
+                .within(deadline, async {
+                    self.watch.readable().await;
+                    Ok(())
+                })
+                .await?;
         }
-        let n = self
-            .deadline
-            .within(deadline, self.stream.read(&mut self.rbuf[self.end..]))
-            .await?;
-        self.end += n;
-        Ok(n)
     }
 
     /// Writes the queued answers (`wbuf[wstart..]`) and empties the buffer.

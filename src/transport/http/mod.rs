@@ -8,6 +8,7 @@ pub mod conn;
 pub mod deadlines;
 pub mod direct;
 pub mod frame;
+pub mod readiness;
 pub mod route;
 pub mod sse;
 
@@ -20,6 +21,7 @@ use glommio::net::TcpListener;
 use glommio::sync::CancellationToken;
 
 use crate::shard::Shard;
+pub use readiness::Readiness;
 
 /// Pause after an accept error such as EMFILE, so that a shard out of descriptors
 /// does not spin while connections close and free some.
@@ -37,8 +39,15 @@ impl Drop for Open {
 }
 
 /// Accepts connections on this shard's listener until `stop` is cancelled
-/// (shutdown); the listener closes when this returns.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: &CancellationToken) {
+/// (shutdown); the listener closes when this returns. `readiness` is the
+/// shard's epoll set, made at start-up so that failing to make it stops the
+/// start, not the shard.
+pub async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    readiness: Rc<Readiness>,
+    stop: &CancellationToken,
+) {
     let open = Rc::new(Cell::new(0usize));
     let limits = &shard.config.limits;
     let max = limits.max_connections_per_shard;
@@ -52,6 +61,9 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: &Cancell
     );
     let deadlines = deadlines::Deadlines::new(&[limits.idle_timeout, limits.header_timeout]);
     glommio::spawn_local(deadlines.clone().sweep()).detach();
+    // The pump runs among the connections it wakes, so that it looks for more
+    // only once those have had their turn.
+    spawn_connection(connections, readiness.clone().pump());
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             stop.cancelled().await;
@@ -61,7 +73,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: &Cancell
         let Some(accepted) = accepted else {
             return;
         };
-        let mut stream = match accepted {
+        let stream = match accepted {
             Ok(s) => s,
             Err(e) => {
                 crate::log!(Warn, "accept failed", shard = shard.id, error = e);
@@ -72,30 +84,50 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: &Cancell
         if open.get() >= max {
             // Answer rather than leave the client in the backlog: it can retry or
             // go to another server.
-            let mut out = Vec::new();
-            route::write_plain_error(
-                &mut out,
-                503,
-                "too many open connections on this shard (limits.max_connections_per_shard)",
-                false,
-                &[],
-            );
-            shard.m().status(503);
-            spawn_connection(connections, async move {
-                let _ = stream.write_all(&out).await;
-            });
+            let why = "too many open connections on this shard (limits.max_connections_per_shard)";
+            refuse_connection(&shard, connections, stream, why.into());
             continue;
         }
+        let watch = match readiness.watch(std::os::fd::AsRawFd::as_raw_fd(&stream)) {
+            Ok(w) => w,
+            Err(e) => {
+                // ENOMEM, or the user's epoll watches (fs.epoll.max_user_watches) used up.
+                crate::log!(
+                    Warn,
+                    "cannot watch a new connection",
+                    shard = shard.id,
+                    error = e
+                );
+                let why = format!("the server cannot watch another connection: {e}");
+                refuse_connection(&shard, connections, stream, why);
+                continue;
+            }
+        };
         open.set(open.get() + 1);
         shard.m().connections.add(1);
         let guard = Open(open.clone(), shard.clone());
         let shard = shard.clone();
         let deadline = deadlines.register();
         spawn_connection(connections, async move {
-            conn::serve(shard, stream, deadline).await;
+            conn::serve(shard, stream, deadline, watch).await;
             drop(guard);
         });
     }
+}
+
+/// Answers a connection this shard will not serve with a 503 saying why, and closes it.
+fn refuse_connection(
+    shard: &Shard,
+    queue: glommio::TaskQueueHandle,
+    mut stream: glommio::net::TcpStream,
+    why: String,
+) {
+    let mut out = Vec::new();
+    route::write_plain_error(&mut out, 503, &why, false, &[]);
+    shard.m().status(503);
+    spawn_connection(queue, async move {
+        let _ = stream.write_all(&out).await;
+    });
 }
 
 /// Runs a connection's future in the connections' task queue.
