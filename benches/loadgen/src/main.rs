@@ -20,7 +20,12 @@
 //!
 //! It also reports its own CPU use over the run (`cpu_busy`, 1.0 = one CPU): a
 //! generator near 1.0 queues requests behind its own work, and that shows up as
-//! latency the server did not cause.
+//! latency the server did not cause. How much did shows in the split of each
+//! latency: due → written (`send_lag_p99_ms`) and written → answered
+//! (`from_send_p99_ms`). A request written late because every connection was
+//! waiting on the server is the server's doing; `starved` counts those, so a
+//! lag with `starved` near 0 is the generator's own (its CPU, or the VM waking
+//! it late).
 //!
 //! Usage: `loadgen --url http://127.0.0.1:PORT/PATH --rate R --connections C
 //! --duration-secs D [--warmup-secs W] [--method POST] [--header 'Name: value']...
@@ -316,6 +321,10 @@ fn main() {
     // or a backlog waiting for a free connection) and written → answered.
     let mut send_lags: Vec<u32> = Vec::with_capacity((total - warm) as usize);
     let mut from_send: Vec<u32> = Vec::with_capacity((total - warm) as usize);
+    // Requests below this index fell due while every connection was busy: their
+    // lag is the server's doing, not the generator's. `starved` counts them.
+    let mut starved_below: u64 = 0;
+    let mut starved: u64 = 0;
     let (mut errors, mut non2xx, mut unsustainable) = (0u64, 0u64, false);
     let mut idle: Vec<usize> = (0..conns.len()).collect();
     let poller = Poller::new();
@@ -323,6 +332,7 @@ fn main() {
         poller.add(&c.stream, i);
     }
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; conns.len()];
+    let mut probe = [libc::epoll_event { events: 0, u64: 0 }; 1];
     let mut next: u64 = 0;
     let mut done: u64 = 0;
     let mut answered: u64 = 0;
@@ -335,7 +345,20 @@ fn main() {
         let now = Instant::now();
         // Send every due request a free connection can take.
         while next < total && due_of(next) <= now {
-            let Some(i) = idle.pop() else { break };
+            let Some(i) = idle.pop() else {
+                // Every connection busy. The server's doing only if none has an
+                // answer waiting to be read (level-triggered, so this peek
+                // loses nothing); otherwise the generator is behind on reading.
+                if poller.wait(&mut probe, Duration::ZERO) == 0 {
+                    let due_now =
+                        (now.saturating_duration_since(t0).as_secs_f64() / interval) as u64 + 1;
+                    starved_below = starved_below.max(due_now.min(total));
+                }
+                break;
+            };
+            if next < starved_below && next >= warm {
+                starved += 1;
+            }
             let c = &mut conns[i];
             c.due = Some(due_of(next));
             next += 1;
@@ -466,7 +489,7 @@ fn main() {
             }
         };
         println!(
-            "{{\"rate_target\":{},\"rate_achieved\":{:.0},\"requests\":{},\"errors\":{},\"non2xx\":{},\"p50_ms\":{},\"p90_ms\":{},\"p99_ms\":{},\"p999_ms\":{},\"max_ms\":{},\"unsustainable\":{},\"cpu_busy\":{:.3},\"send_lag_p99_ms\":{},\"from_send_p99_ms\":{}}}",
+            "{{\"rate_target\":{},\"rate_achieved\":{:.0},\"requests\":{},\"errors\":{},\"non2xx\":{},\"p50_ms\":{},\"p90_ms\":{},\"p99_ms\":{},\"p999_ms\":{},\"max_ms\":{},\"unsustainable\":{},\"cpu_busy\":{:.3},\"send_lag_p99_ms\":{},\"from_send_p99_ms\":{},\"starved\":{}}}",
             a.rate,
             achieved,
             latencies.len(),
@@ -480,11 +503,12 @@ fn main() {
             unsustainable,
             cpu_busy,
             j(lag_p99),
-            j(sent_p99)
+            j(sent_p99),
+            starved
         );
     } else {
         println!(
-            "rate {} (achieved {:.0}) over {} connections: {} requests, p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}; errors {}, non-2xx {}; generator CPU {:.0}%; p99 of due→sent {:.3}, of sent→answered {:.3}{}",
+            "rate {} (achieved {:.0}) over {} connections: {} requests, p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}; errors {}, non-2xx {}; generator CPU {:.0}%; p99 of due→sent {:.3}, of sent→answered {:.3}; {} waited for a free connection{}",
             a.rate,
             achieved,
             a.connections,
@@ -499,6 +523,7 @@ fn main() {
             cpu_busy * 100.0,
             lag_p99,
             sent_p99,
+            starved,
             if unsustainable { " — UNSUSTAINABLE: the backlog passed 1 s" } else { "" }
         );
     }
