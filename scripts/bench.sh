@@ -245,9 +245,10 @@ closed_loop() { # workload seconds
 }
 
 # Fixed rate with coordinated-omission correction; appends
-# "achieved_rps p50 p99 p999 non200 generator_busy% generator_lag_p99" (µs; the
-# last two "-" for oha). The lag is how late the generator wrote requests after
-# they were due (its own queueing, or no free connection). BENCH_FIXED_GEN picks the generator:
+# "achieved_rps p50 p99 p999 non200 generator_busy% generator_lag_p99 starved" (µs;
+# the last three "-" for oha). The lag is how late the generator wrote requests
+# after they were due; starved counts those that fell due while every connection
+# waited on the server (that lag is the server's; the rest is the generator's own). BENCH_FIXED_GEN picks the generator:
 # loadgen (default, benches/loadgen: one thread, one write per request, so its
 # own queueing stays out of the numbers) or oha (a hello-world server measured
 # through oha at 38k req/s on this 2-vCPU VM shows p99 4.2 ms; through loadgen
@@ -268,7 +269,7 @@ d = json.load(open(sys.argv[1]))
 # No latency at all (unsustainable from the first second): "-" cells.
 us = lambda ms: "-" if ms is None else round(ms * 1000)
 print(round(d["rate_achieved"]), us(d["p50_ms"]), us(d["p99_ms"]), us(d["p999_ms"]), d["errors"] + d["non2xx"],
-      round(d["cpu_busy"] * 100), us(d["send_lag_p99_ms"]))
+      round(d["cpu_busy"] * 100), us(d["send_lag_p99_ms"]), d["starved"])
 PY
         return
     fi
@@ -288,7 +289,7 @@ codes = d.get("statusCodeDistribution", {})
 errors = {k: n for k, n in d.get("errorDistribution", {}).items() if "aborted due to deadline" not in k}
 bad = sum(n for c, n in codes.items() if c != "200") + sum(errors.values())
 us = lambda s: round((s or 0) * 1e6)
-print(round(d["summary"]["requestsPerSec"]), us(p["p50"]), us(p["p99"]), us(p["p99.9"]), bad, "-", "-")
+print(round(d["summary"]["requestsPerSec"]), us(p["p50"]), us(p["p99"]), us(p["p99.9"]), bad, "-", "-", "-")
 PY
 }
 
@@ -299,8 +300,9 @@ server_ticks() {
 TICKS_PER_SEC=$(getconf CLK_TCK)
 
 # Runs fixed_rate FIXED_RUNS times and prints the run with the median p99 as
-# "achieved p50 p99 p999 bad genbusy% genlag busy% all-p99s", busy% being the server's CPU use
-# over the run (warm-up included: same rate), all-p99s each run's "p99/genlag". A server that cannot sustain the
+# "achieved p50 p99 p999 bad genbusy% genlag starved busy% all-p99s", busy% being the
+# server's CPU use over the run (warm-up included: same rate), all-p99s each run's
+# "p99/genlag/starved". A server that cannot sustain the
 # rate will not on a second try, so an unsustainable run ends the repeats.
 fixed_rate_runs() { # workload rate seconds
     local i t0 line busy runs=()
@@ -309,7 +311,7 @@ fixed_rate_runs() { # workload rate seconds
         line=$(fixed_rate "$1" "$2" "$3")
         busy=$(( ($(server_ticks) - t0) * 100 / (TICKS_PER_SEC * ($3 + 1)) ))
         runs+=("$line $busy")
-        say "   fixed $2 req/s, run $i: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %, generator lag p99 µs), server busy ${busy}%"
+        say "   fixed $2 req/s, run $i: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %, generator lag p99 µs, requests that waited for a free connection), server busy ${busy}%"
         [ "$(echo "$line" | cut -d' ' -f3)" = "-" ] && break
     done
     printf '%s\n' "${runs[@]}" | python3 -c '
@@ -317,7 +319,7 @@ import sys
 runs = [l.split() for l in sys.stdin if l.strip()]
 key = lambda r: float("inf") if r[2] == "-" else float(r[2])
 runs.sort(key=key)
-print(" ".join(runs[(len(runs) - 1) // 2]), ",".join(r[2] + "/" + r[6] for r in runs))'
+print(" ".join(runs[(len(runs) - 1) // 2]), ",".join("/".join((r[2], r[6], r[7])) for r in runs))'
 }
 
 # coremcp (1 shard) and the ceiling back to back, PAIR_ROUNDS times, the first
@@ -370,7 +372,7 @@ for w in $WORKLOADS; do
         # Its own half: its own latency at its own operating point.
         [ "$kind" = coremcp-nokeep ] && rate=$((rps / 2))
         if [ "$rate" -gt 0 ] && [ "$kind" != coremcp2 ]; then
-            read -r frps fp50 fp99 fp999 fbad fgen flag fbusy fp99s < <(fixed_rate_runs "$w" "$rate" "$SECONDS_PER_RUN")
+            read -r frps fp50 fp99 fp999 fbad fgen flag _ fbusy fp99s < <(fixed_rate_runs "$w" "$rate" "$SECONDS_PER_RUN")
             say "   fixed $rate req/s (median of p99s $fp99s µs): achieved $frps, p50 ${fp50} µs, p99 ${fp99} µs, p99.9 ${fp999} µs (not 200: $fbad), server busy ${fbusy}%, generator busy ${fgen}%, generator lag p99 ${flag} µs"
         else
             frps=- fp50=- fp99=- fp999=- fbad=0 fgen=- flag=- fbusy=- fp99s=-
@@ -465,11 +467,12 @@ if pairs:
             cells.append(f"{c:,.0f} / {h:,.0f} = {c / h:.0%}" + (f" ⚠ {bad} bad" if bad else "") + (" ⚠ busy" if noisy else ""))
         print(f"- {w}: " + "; ".join(cells) + f". Median ratio {median([c / h for c, h, _, _ in ps]):.0%}.")
     print()
-print("p99 of every fixed-rate run, ms (in brackets, the generator's lag p99):")
+print("p99 of every fixed-rate run, ms (in brackets, the generator's lag p99, and how many "
+      "requests fell due while every connection waited on the server):")
 for r in rows:
     if r[17] != "-":
         runs = [x.split("/") for x in r[17].split(",")]
-        print(f"- {r[1]}, {names[r[0]]}: " + ", ".join(f"{ms(p)} ({ms(lag)})" for p, lag in runs))
+        print(f"- {r[1]}, {names[r[0]]}: " + ", ".join(f"{ms(p)} ({ms(lag)}; {n})" for p, lag, n in runs))
 print()
 print("A row marked ⚠ bad saw non-2xx answers or socket errors, ⚠ busy saw a cargo/rustc process "
       "on the machine: do not trust either.")
