@@ -18,6 +18,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use super::slots::Slots;
+
 /// Sweeps per shortest timeout: a deadline fires at most 1/8 of it late.
 const SWEEPS_PER_TIMEOUT: u32 = 8;
 /// Shortest sweep period, whatever the timeouts (bounds the sweeper's CPU).
@@ -27,11 +29,8 @@ pub const MAX_SWEEP: Duration = Duration::from_millis(250);
 
 /// A shard's table of read deadlines.
 pub struct Deadlines {
-    /// One slot per open connection, reused as they come and go: as many as
-    /// `limits.max_connections_per_shard` at most.
-    slots: RefCell<Vec<Slot>>,
-    /// Indices of `slots` no connection holds.
-    free: RefCell<Vec<usize>>,
+    /// One slot per open connection.
+    slots: RefCell<Slots<Slot>>,
     /// Connections registered: the sweeper sleeps without a timer while none is.
     live: Cell<usize>,
     /// The sweeper, while it waits for a first connection.
@@ -54,8 +53,7 @@ impl Deadlines {
     pub fn new(timeouts: &[Duration]) -> Rc<Deadlines> {
         let shortest = timeouts.iter().copied().min().unwrap_or(MAX_SWEEP);
         Rc::new(Deadlines {
-            slots: RefCell::new(Vec::new()),
-            free: RefCell::new(Vec::new()),
+            slots: RefCell::new(Slots::new()),
             live: Cell::new(0),
             sweeper: Cell::new(None),
             period: (shortest / SWEEPS_PER_TIMEOUT).clamp(MIN_SWEEP, MAX_SWEEP),
@@ -69,14 +67,7 @@ impl Deadlines {
 
     /// A slot for one connection, freed when the registration drops.
     pub fn register(self: &Rc<Self>) -> Registration {
-        let key = match self.free.borrow_mut().pop() {
-            Some(key) => key,
-            None => {
-                let mut slots = self.slots.borrow_mut();
-                slots.push(Slot::default());
-                slots.len() - 1
-            }
-        };
+        let key = self.slots.borrow_mut().take();
         self.live.set(self.live.get() + 1);
         if let Some(sweeper) = self.sweeper.take() {
             sweeper.wake();
@@ -158,8 +149,7 @@ impl Drop for Armed<'_> {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.table.slots.borrow_mut()[self.key] = Slot::default();
-        self.table.free.borrow_mut().push(self.key);
+        self.table.slots.borrow_mut().give_back(self.key);
         self.table.live.set(self.table.live.get() - 1);
     }
 }

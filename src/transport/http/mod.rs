@@ -10,6 +10,7 @@ pub mod direct;
 pub mod frame;
 pub mod readiness;
 pub mod route;
+pub mod slots;
 pub mod sse;
 
 use std::cell::Cell;

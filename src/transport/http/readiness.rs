@@ -26,16 +26,16 @@ use std::task::{Poll, Waker};
 
 use glommio::io::PollableFd;
 
+use super::slots::Slots;
+
 /// Events taken from the epoll set per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 256;
 
 /// A shard's epoll set of connections, and who waits on each.
 pub struct Readiness {
     epoll: PollableFd<OwnedFd>,
-    /// One slot per watched connection, reused as they come and go: as many
-    /// as `limits.max_connections_per_shard` at most.
-    slots: RefCell<Vec<Slot>>,
-    free: RefCell<Vec<usize>>,
+    /// One slot per watched connection.
+    slots: RefCell<Slots<Slot>>,
 }
 
 #[derive(Default)]
@@ -59,21 +59,13 @@ impl Readiness {
         let epoll = PollableFd::new(fd).map_err(std::io::Error::other)?;
         Ok(Rc::new(Readiness {
             epoll,
-            slots: RefCell::new(Vec::new()),
-            free: RefCell::new(Vec::new()),
+            slots: RefCell::new(Slots::new()),
         }))
     }
 
     /// Adds a connection's socket to the set; it leaves when the watch drops.
     pub fn watch(self: &Rc<Self>, fd: RawFd) -> std::io::Result<Watch> {
-        let key = match self.free.borrow_mut().pop() {
-            Some(key) => key,
-            None => {
-                let mut slots = self.slots.borrow_mut();
-                slots.push(Slot::default());
-                slots.len() - 1
-            }
-        };
+        let key = self.slots.borrow_mut().take();
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
             u64: key as u64,
@@ -81,7 +73,7 @@ impl Readiness {
         // SAFETY: `ev` is a valid event for the call's duration.
         let r = unsafe { libc::epoll_ctl(self.raw(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
         if r < 0 {
-            self.free.borrow_mut().push(key);
+            self.slots.borrow_mut().give_back(key);
             return Err(std::io::Error::last_os_error());
         }
         Ok(Watch {
@@ -182,8 +174,7 @@ impl Drop for Watch {
                 std::ptr::null_mut(),
             )
         };
-        self.table.slots.borrow_mut()[self.key] = Slot::default();
-        self.table.free.borrow_mut().push(self.key);
+        self.table.slots.borrow_mut().give_back(self.key);
     }
 }
 
