@@ -28,8 +28,10 @@ use glommio::io::PollableFd;
 
 use super::slots::Slots;
 
-/// Events taken from the epoll set per `epoll_wait`.
+/// Events taken from the epoll set per `epoll_wait`; more wait for the next pass.
 const EVENTS_PER_WAIT: usize = 256;
+/// Pause before the pump looks again after waiting on the set failed.
+const PUMP_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A shard's epoll set of connections, and who waits on each.
 pub struct Readiness {
@@ -97,7 +99,11 @@ impl Readiness {
             // Woken outside any borrow: a woken task may run before this returns.
             woken.drain(..).for_each(Waker::wake);
             if n == 0 {
-                let _ = self.epoll.readable().await;
+                if let Err(e) = self.epoll.readable().await {
+                    // Not expected while the set lives; do not spin on it.
+                    crate::log!(Warn, "waiting on the epoll set failed", error = e);
+                    glommio::timer::sleep(PUMP_ERROR_BACKOFF).await;
+                }
             } else {
                 // Let the woken connections run before looking again.
                 futures_lite::future::yield_now().await;
