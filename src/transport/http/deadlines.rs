@@ -179,13 +179,7 @@ impl Future for Expiry<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn run<T>(f: impl Future<Output = T>) -> T {
-        glommio::LocalExecutorBuilder::default()
-            .make()
-            .expect("an executor")
-            .run(f)
-    }
+    use crate::tools::common::testing::run;
 
     #[test]
     fn the_period_follows_the_shortest_timeout_within_bounds() {

@@ -190,11 +190,14 @@ mod tests {
     use std::io::Write;
     use std::os::unix::net::UnixStream;
 
-    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
-        glommio::LocalExecutorBuilder::default()
-            .make()
-            .expect("an executor")
-            .run(f)
+    use crate::tools::common::testing::run;
+
+    /// A set watching one end of a socket pair; the other end writes.
+    fn watched() -> (Rc<Readiness>, Watch, UnixStream, UnixStream) {
+        let set = Readiness::new().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let watch = set.watch(a.as_raw_fd()).unwrap();
+        (set, watch, a, b)
     }
 
     fn events() -> Vec<libc::epoll_event> {
@@ -208,9 +211,7 @@ mod tests {
     #[test]
     fn bytes_after_clear_make_the_connection_ready_and_wake_it() {
         run(async {
-            let set = Readiness::new().unwrap();
-            let (a, mut b) = UnixStream::pair().unwrap();
-            let watch = set.watch(a.as_raw_fd()).unwrap();
+            let (set, watch, _a, mut b) = watched();
             let (mut evs, mut woken) = (events(), Vec::new());
             watch.clear();
             assert!(!ready(&watch), "nothing was sent");
@@ -226,9 +227,7 @@ mod tests {
     #[test]
     fn a_report_before_clear_does_not_count() {
         run(async {
-            let set = Readiness::new().unwrap();
-            let (a, mut b) = UnixStream::pair().unwrap();
-            let watch = set.watch(a.as_raw_fd()).unwrap();
+            let (set, watch, _a, mut b) = watched();
             let (mut evs, mut woken) = (events(), Vec::new());
             b.write_all(b"x").unwrap();
             assert_eq!(set.collect(&mut evs, &mut woken), 1);
@@ -266,9 +265,7 @@ mod tests {
     #[test]
     fn a_hangup_makes_the_connection_ready() {
         run(async {
-            let set = Readiness::new().unwrap();
-            let (a, b) = UnixStream::pair().unwrap();
-            let watch = set.watch(a.as_raw_fd()).unwrap();
+            let (set, watch, _a, b) = watched();
             let (mut evs, mut woken) = (events(), Vec::new());
             watch.clear();
             drop(b);
