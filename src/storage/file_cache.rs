@@ -536,6 +536,17 @@ pub(crate) fn an_hour_ahead() -> i128 {
 }
 
 #[cfg(test)]
+impl CachedFile {
+    /// A file of `bytes`, not read from anywhere (its fingerprint is `/`'s).
+    pub(crate) fn for_test(bytes: &[u8]) -> CachedFile {
+        CachedFile::new(
+            bytes.into(),
+            Fingerprint::of(&std::fs::metadata("/").unwrap()),
+        )
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::fs::FileTimes;
@@ -696,8 +707,7 @@ mod tests {
 
     #[test]
     fn binary_and_utf8() {
-        let f =
-            |b: &[u8]| CachedFile::new(b.into(), Fingerprint::of(&std::fs::metadata("/").unwrap()));
+        let f = CachedFile::for_test;
         assert_eq!(f(b"h\xc3\xa9").text(), Some("hé"));
         assert!(f(b"a\0b").is_binary());
         assert_eq!(f(b"a\0b").text(), None);

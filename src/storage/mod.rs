@@ -7,6 +7,7 @@
 
 pub mod db;
 pub mod file_cache;
+pub mod grams;
 pub mod query_cache;
 pub mod resolutions;
 pub mod roots;

@@ -48,6 +48,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use super::file_cache::CachedFile;
+use super::grams::GramIndex;
 use super::tree_cache::Tree;
 
 /// Directories one shard watches at most. Past it every watch is dropped and
@@ -244,10 +245,11 @@ fn lost_a_watch(mut bytes: &[u8]) -> bool {
 }
 
 /// A searched tree as of one generation: its files and, in the same order, their
-/// contents (`None`: unreadable then).
+/// contents (`None`: unreadable then) and which files hold which trigrams.
 pub struct Snapshot {
     pub tree: Arc<Tree>,
     pub contents: Vec<Option<Rc<CachedFile>>>,
+    pub index: GramIndex,
     generation: u64,
     bytes: usize,
 }
@@ -265,9 +267,9 @@ pub struct Snapshots {
     map: RefCell<HashMap<PathBuf, Rc<Snapshot>>>,
     /// Most snapshots kept (the walk cache's capacity).
     capacity: usize,
-    /// Most bytes of contents all snapshots together keep alive (the file
-    /// cache's size: a snapshot shares its files with the cache, but keeps them
-    /// alive past eviction).
+    /// Most bytes of contents and indexes all snapshots together keep alive (the
+    /// file cache's size: a snapshot shares its files with the cache, but keeps
+    /// them alive past eviction).
     max_bytes: usize,
     stats: Cell<SnapshotStats>,
 }
@@ -330,13 +332,26 @@ impl Snapshots {
         })
     }
 
-    /// Step 3: keeps the snapshot if no event arrived since [`begin`](Self::begin).
-    pub fn finish(&self, pending: Pending, tree: Arc<Tree>, contents: Vec<Option<Rc<CachedFile>>>) {
+    /// Step 3: indexes the contents, then keeps the snapshot if no event arrived
+    /// since [`begin`](Self::begin).
+    pub async fn finish(
+        &self,
+        pending: Pending,
+        tree: Arc<Tree>,
+        contents: Vec<Option<Rc<CachedFile>>>,
+    ) {
         assert_eq!(tree.files.len(), contents.len(), "one content per file");
+        let content_bytes: usize = contents.iter().flatten().map(|f| f.bytes.len()).sum();
+        if content_bytes > self.max_bytes {
+            return;
+        }
+        // Built before the check below, which then vouches for it too: it
+        // yields, and a change meanwhile must still retire the snapshot.
+        let index = GramIndex::build(&contents).await;
         if self.watcher.poll() != pending.generation {
             return;
         }
-        let bytes: usize = contents.iter().flatten().map(|f| f.bytes.len()).sum();
+        let bytes = content_bytes + index.bytes();
         if bytes > self.max_bytes {
             return;
         }
@@ -358,6 +373,7 @@ impl Snapshots {
             Rc::new(Snapshot {
                 tree,
                 contents,
+                index,
                 generation: pending.generation,
                 bytes,
             }),

@@ -3,8 +3,10 @@
 //! The file list comes from the shard's walk cache (ignore rules, no hidden files,
 //! no symlinks); contents from the file cache, or, when nothing under the
 //! directory has changed since the last search of it, from that search's
-//! snapshot with no syscall per file (`storage/watch.rs`). Literal queries use
-//! `memchr::memmem`; regexes and case-insensitive literals use `regex::bytes`.
+//! snapshot with no syscall per file (`storage/watch.rs`). In a snapshot, a
+//! literal query reads only the files its trigram index cannot rule out
+//! (`storage/grams.rs`). Literal queries use `memchr::memmem`; regexes and
+//! case-insensitive literals use `regex::bytes`.
 //! Files are read a batch at a time so that cold reads of large files overlap on the
 //! blocking pool, and the search yields to the shard between batches and stops at
 //! the deadline or on cancellation.
@@ -24,6 +26,7 @@ use super::common::{
 };
 use super::{Annotations, CallContext, Tool, ToolFuture, ToolResult, ToolSpec};
 use crate::storage::file_cache::{CachedFile, FileError};
+use crate::storage::grams::{gram, Gram, Kind};
 
 /// Matches returned when `max_results` is not given.
 pub const DEFAULT_MAX_RESULTS: u64 = 100;
@@ -39,6 +42,9 @@ pub const MAX_REGEX_BYTES: usize = 1024 * 1024;
 pub const MAX_QUERY_BYTES: usize = 4096;
 /// Files read concurrently per batch.
 pub const SEARCH_BATCH: usize = 32;
+/// Most trigrams of a query looked up in a snapshot's index; past a dozen,
+/// more rule out hardly another file.
+pub const MAX_QUERY_GRAMS: usize = 16;
 
 /// What the query matches with.
 enum Matcher {
@@ -77,6 +83,33 @@ impl Matcher {
             Matcher::Regex(r) => r.find_at(hay, from).map(|m| m.start()),
         }
     }
+}
+
+/// Trigrams that every match of the query holds, folded as the index folds
+/// them. A regex gives none: its matches need not share any text.
+fn query_grams(query: &str, regex: bool, case_sensitive: bool) -> Vec<Gram> {
+    if regex {
+        return Vec::new();
+    }
+    let mut grams = Vec::new();
+    for w in query.as_bytes().windows(3) {
+        // Case-insensitive matching folds Unicode: `k` also matches the Kelvin
+        // sign, `s` the long s, and a non-ASCII letter its other cases, none of
+        // them in the same bytes. Only other ASCII is matched by the same bytes
+        // up to ASCII case, which is what the index folds.
+        let same_bytes = |b: &u8| b.is_ascii() && !b"kKsS".contains(b);
+        if !case_sensitive && !w.iter().all(same_bytes) {
+            continue;
+        }
+        let g = gram([w[0], w[1], w[2]]);
+        if !grams.contains(&g) {
+            grams.push(g);
+            if grams.len() == MAX_QUERY_GRAMS {
+                break;
+            }
+        }
+    }
+    grams
 }
 
 /// One matching line.
@@ -218,6 +251,15 @@ enum Stop {
 }
 
 impl Scan {
+    /// Counts a file the index ruled out as searched, without reading it.
+    fn ruled_out(&mut self, kind: Kind) {
+        match kind {
+            Kind::Text => self.searched += 1,
+            Kind::Binary => self.binary += 1,
+            Kind::Unreadable => self.unreadable += 1,
+        }
+    }
+
     /// Searches one file's contents (`None`: it could not be read).
     async fn file(
         &mut self,
@@ -323,6 +365,9 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
         walk_truncated = snap.tree.truncated;
         let total = snap.tree.files.len() as u64;
         let pairs = snap.tree.files.iter().zip(&snap.contents);
+        let candidates = snap
+            .index
+            .candidates(&query_grams(&a.query, a.regex, a.case_sensitive));
         let mut visited = 0u64;
         for (n, (path, content)) in pairs.enumerate() {
             if n % SEARCH_BATCH == 0 {
@@ -336,6 +381,10 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
             }
             visited += 1;
             if !wanted(path) {
+                continue;
+            }
+            if !candidates.contains(n) {
+                scan.ruled_out(snap.index.kind(n));
                 continue;
             }
             if let Err(stop) = scan.file(cx, &a, &matcher, path, content.as_deref()).await {
@@ -410,7 +459,7 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
         }
         if let (Some(p), Some(tree)) = (pending, tree) {
             if stopped.is_none() && contents.len() == tree.files.len() {
-                storage.snapshots.finish(p, tree, contents);
+                storage.snapshots.finish(p, tree, contents).await;
             }
         }
     }
@@ -814,6 +863,102 @@ mod tests {
         fs::write(p.join(".gitignore"), "target/\nrenamed.rs\n").unwrap();
         assert_eq!(search("Qux"), Vec::<String>::new());
         assert!(snaps().built > built);
+    }
+
+    /// The trigram index only skips files: every answer from a snapshot is the
+    /// answer a search reading every byte gives, for queries whose matches are
+    /// not the query's own bytes (case, Unicode folding) as well.
+    #[test]
+    fn the_index_never_changes_an_answer() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let long = "filler line\n".repeat(4000) + "Kelvin at the end\n";
+        let files = [
+            ("a.rs", "let kelvin = 1;\nstruct Secret;\n"),
+            ("b.rs", "\u{212A}ELVIN and \u{17F}ecret\n"),
+            ("c.md", "Émile ÉMILE émile\nneedle_marker\n"),
+            ("d.txt", "NEEDLE_MARKER? no: Needle_Marker\n"),
+            ("e.txt", "ab\nabc\n"),
+            ("long.txt", long.as_str()),
+        ];
+        for (name, body) in files {
+            fs::write(p.join(name), body).unwrap();
+        }
+        fs::write(p.join("f.bin"), b"needle_marker\0").unwrap();
+        let cached = shard(vec![p.into()], vec![]);
+        settled(&cached);
+        let plain =
+            crate::tools::common::testing::uncached_shard("search_code", vec![p.into()], vec![]);
+        let queries = [
+            "kelvin",
+            "KELVIN",
+            "secret",
+            "SECRET",
+            "émile",
+            "ÉMILE",
+            "needle_marker",
+            "needle",
+            "Kelvin at",
+            "ab",
+            "abc",
+            "zzz",
+        ];
+        for query in queries {
+            for case_sensitive in [true, false] {
+                let args = json!({"query": query, "case_sensitive": case_sensitive});
+                call(&cached, "search_code", args.clone());
+                let used = cached.storage.snapshots.stats().used;
+                let from_snapshot = call(&cached, "search_code", args.clone());
+                assert_eq!(cached.storage.snapshots.stats().used, used + 1);
+                let read_through = call(&plain, "search_code", args);
+                assert_eq!(
+                    from_snapshot.structured_content(),
+                    read_through.structured_content(),
+                    "{query:?}, case_sensitive {case_sensitive}"
+                );
+            }
+        }
+        let insensitive = |q: &str| {
+            paths(&call(
+                &cached,
+                "search_code",
+                json!({"query": q, "case_sensitive": false}),
+            ))
+        };
+        assert_eq!(insensitive("kelvin"), ["a.rs:1", "b.rs:1", "long.txt:4001"]);
+        assert_eq!(insensitive("secret"), ["a.rs:2", "b.rs:1"]);
+    }
+
+    /// `query_grams` drops, for case-insensitive queries, every trigram with a
+    /// byte that Unicode folding matches to other bytes. That set is `kKsS` and
+    /// non-ASCII, as the regex crate folds: this checks it against the crate.
+    #[test]
+    fn only_k_and_s_fold_to_non_ascii() {
+        let others =
+            regex::Regex::new(r"(?i)^[\x00-\x4A\x4C-\x52\x54-\x6A\x6C-\x72\x74-\x7F]$").unwrap();
+        let k_or_s = regex::Regex::new(r"(?i)^[kKsS]$").unwrap();
+        let mut buf = [0u8; 4];
+        let mut partners = Vec::new();
+        for c in (0x80..=0x10FFFF).filter_map(char::from_u32) {
+            let c = c.encode_utf8(&mut buf);
+            assert!(!others.is_match(c), "{c:?} folds to ASCII other than kKsS");
+            if k_or_s.is_match(c) {
+                partners.push(c.to_string());
+            }
+        }
+        assert_eq!(
+            partners,
+            ["\u{17F}", "\u{212A}"],
+            "the reason k and s are left out"
+        );
+        assert!(
+            query_grams("kelvin", false, false) == [gram(*b"elv"), gram(*b"lvi"), gram(*b"vin")]
+        );
+        assert!(query_grams("KELVIN", false, true).len() == 4);
+        assert!(
+            query_grams("a.b", true, true).is_empty(),
+            "a regex holds no gram"
+        );
     }
 
     #[test]
