@@ -45,6 +45,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use glommio::sync::Semaphore;
 use hashbrown::HashMap;
 
 use super::file_cache::CachedFile;
@@ -272,6 +273,26 @@ pub struct Snapshots {
     /// them alive past eviction).
     max_bytes: usize,
     stats: Cell<SnapshotStats>,
+    /// Directories a search is snapshotting now, each with a gate closed when
+    /// that build ends, however it ends. Searches of the same tree that come
+    /// meanwhile wait at the gate instead of reading the whole tree too: a cold
+    /// shard hit by 64 searches at once otherwise walks and reads it 64 times.
+    building: RefCell<HashMap<PathBuf, Rc<Semaphore>>>,
+}
+
+/// A search's claim on building one directory's snapshot (see
+/// [`Snapshots::claim`]); dropping it opens the gate for the waiting searches.
+pub struct Claim<'a> {
+    snapshots: &'a Snapshots,
+    dir: PathBuf,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(gate) = self.snapshots.building.borrow_mut().remove(&self.dir) {
+            gate.close();
+        }
+    }
 }
 
 /// A snapshot being built: what was true when its watches were in place.
@@ -288,7 +309,34 @@ impl Snapshots {
             capacity: capacity.max(1),
             max_bytes,
             stats: Cell::default(),
+            building: RefCell::default(),
         }
+    }
+
+    /// Claims the building of `dir`'s snapshot for the caller, which should hold
+    /// the claim until the snapshot is kept or cannot be. `None` when another
+    /// search holds it.
+    pub fn claim(&self, dir: &Path) -> Option<Claim<'_>> {
+        let mut building = self.building.borrow_mut();
+        if building.contains_key(dir) {
+            return None;
+        }
+        building.insert(dir.to_path_buf(), Rc::new(Semaphore::new(0)));
+        Some(Claim {
+            snapshots: self,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Waits until the search building `dir`'s snapshot, if one is, is done;
+    /// `false` at once if none is. The caller then looks for the snapshot again.
+    pub async fn wait_for_build(&self, dir: &Path) -> bool {
+        let Some(gate) = self.building.borrow().get(dir).cloned() else {
+            return false;
+        };
+        // Nothing is ever signalled: the gate only closes, which fails the wait.
+        let _closed = gate.acquire(1).await;
+        true
     }
 
     pub fn stats(&self) -> SnapshotStats {

@@ -355,9 +355,15 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
     let mut walk_truncated = false;
     let mut stopped = None;
 
-    // An unchanged tree: its snapshot, with no syscall per file (storage/watch.rs).
+    // An unchanged tree: its snapshot, with no syscall per file (storage/watch.rs);
+    // or, if another search is building it now, the snapshot it builds.
     let snapshot = if use_cache && is_dir {
-        storage.snapshots.current(&target.real)
+        match storage.snapshots.current(&target.real) {
+            None if storage.snapshots.wait_for_build(&target.real).await => {
+                storage.snapshots.current(&target.real)
+            }
+            current => current,
+        }
     } else {
         None
     };
@@ -395,6 +401,12 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
         // Where the search ended, as the read path reports after its last batch.
         cx.report_progress(visited, Some(total));
     } else {
+        // Searches of this tree that come while this one builds its snapshot wait
+        // for it (each waits once, so none queues behind a failed build).
+        let mut claim = None;
+        if use_cache && is_dir && filter.is_none() {
+            claim = storage.snapshots.claim(&target.real);
+        }
         // The file list borrows the cached walk: no path is copied per search.
         let tree = if is_dir {
             Some(
@@ -427,6 +439,10 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
                 .snapshots
                 .begin(&target.real, tree)
                 .filter(|_| tree.is_fresh());
+        }
+        if pending.is_none() {
+            // No snapshot will come of this search: let the waiting ones go.
+            drop(claim.take());
         }
         let mut contents: Vec<Option<Rc<CachedFile>>> = Vec::new();
         let mut done = 0usize;
@@ -462,6 +478,7 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
                 storage.snapshots.finish(p, tree, contents).await;
             }
         }
+        drop(claim);
     }
     match stopped {
         Some(Stop::Answer(answer)) => return answer,
@@ -597,6 +614,7 @@ impl Tool for SearchCode {
 mod tests {
     use super::*;
     use crate::tools::common::testing::{assert_error, call, call_async, run, shard, text};
+    use crate::tools::common::{join_all, LocalBoxFuture};
     use crate::tools::CancelFlag;
     use std::fs;
     use std::time::Duration;
@@ -959,6 +977,58 @@ mod tests {
             query_grams("a.b", true, true).is_empty(),
             "a regex holds no gram"
         );
+    }
+
+    /// A cold shard hit by several searches of one tree at once walks and reads
+    /// it once: the others wait for the first one's snapshot. One that is
+    /// cancelled while it builds lets the waiting searches go.
+    #[test]
+    fn concurrent_searches_of_a_cold_tree_build_one_snapshot() {
+        let (_d, s) = fixture();
+        settled(&s);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let searches = (0..8)
+            .map(|_| {
+                Box::pin(call_async(
+                    &s,
+                    "search_code",
+                    json!({"query": "Foo"}),
+                    deadline,
+                    CancelFlag::default(),
+                )) as LocalBoxFuture<'_, ToolResult>
+            })
+            .collect();
+        for r in run(join_all(searches)) {
+            assert_eq!(paths(&r).len(), 4, "{}", text(&r));
+        }
+        assert_eq!(s.storage.trees.stats().walked, 1);
+        assert_eq!(s.storage.snapshots.stats().built, 1);
+        assert_eq!(s.storage.snapshots.stats().used, 7);
+
+        // A builder dropped half-way (its deadline passed, its client cancelled).
+        let (_d, s) = fixture();
+        settled(&s);
+        run(async {
+            let search = || {
+                call_async(
+                    &s,
+                    "search_code",
+                    json!({"query": "Foo"}),
+                    deadline,
+                    CancelFlag::default(),
+                )
+            };
+            let mut builder = Box::pin(search());
+            assert!(futures_lite::future::poll_once(builder.as_mut())
+                .await
+                .is_none());
+            let mut waiting = Box::pin(search());
+            assert!(futures_lite::future::poll_once(waiting.as_mut())
+                .await
+                .is_none());
+            drop(builder);
+            assert_eq!(paths(&waiting.await).len(), 4);
+        });
     }
 
     #[test]
