@@ -108,6 +108,8 @@ fn storage_and_tools(c: &mut Criterion) {
     let lookup = json!({"sql": "SELECT id, sku, name, price, qty FROM items WHERE sku = ?1",
                         "params": [fixture::sku(4242)]});
     let search = json!({"query": "needle_marker", "path": "src"});
+    // In no file: what a search costs when the trigram index rules out every file.
+    let absent = json!({"query": "no_such_identifier", "path": "src"});
     // The same shard with query_db's answer cache off: every call runs SQLite.
     let sqlite = fixture::shard_with(&corpus.root, Some(&corpus.db), |c| {
         c.tools.insert(
@@ -124,6 +126,7 @@ fn storage_and_tools(c: &mut Criterion) {
         ("query_db_point_lookup", "query_db", &lookup, &sqlite),
         ("query_db_answer_kept", "query_db", &lookup, &shard),
         ("search_code_2000_files", "search_code", &search, &shard),
+        ("search_code_absent", "search_code", &absent, &shard),
     ] {
         assert!(
             !LocalExecutor::default().run(call(shard, tool, args)),

@@ -76,6 +76,30 @@ impl Candidates {
             .is_none_or(|bits| bits[file / 64] & (1 << (file % 64)) != 0)
     }
 
+    /// The files to look at, in order: the candidates among `0..total`, or all
+    /// of them when `every` (or when no gram was given).
+    pub fn files(&self, total: usize, every: bool) -> impl Iterator<Item = usize> + '_ {
+        let bits = self.0.as_deref().filter(|_| !every);
+        let mut next = 0;
+        std::iter::from_fn(move || {
+            let Some(bits) = bits else {
+                next += 1;
+                return (next <= total).then_some(next - 1);
+            };
+            while next < total {
+                let (word, bit) = (next / 64, next % 64);
+                let rest = bits[word] >> bit;
+                if rest != 0 {
+                    let file = next + rest.trailing_zeros() as usize;
+                    next = file + 1;
+                    return (file < total).then_some(file);
+                }
+                next = (word + 1) * 64;
+            }
+            None
+        })
+    }
+
     /// How many files are candidates (`None`: all).
     pub fn count(&self) -> Option<usize> {
         self.0
@@ -179,6 +203,11 @@ impl GramIndex {
         self.kinds[file]
     }
 
+    /// The kinds of the files in `files`, in order.
+    pub fn kinds(&self, files: std::ops::Range<usize>) -> &[Kind] {
+        &self.kinds[files]
+    }
+
     /// Memory the index holds, which its snapshot counts as its own.
     pub fn bytes(&self) -> usize {
         self.rows.len() * 8 + self.kinds.len()
@@ -250,6 +279,39 @@ mod tests {
         assert!(c.contains(123));
         assert!(c.count().unwrap() < 5, "{:?} candidates", c.count());
         assert_eq!(index.candidates(&[]).count(), None, "no gram: every file");
+    }
+
+    #[test]
+    fn files_lists_the_candidates_in_order() {
+        let bodies: Vec<Vec<u8>> = (0..200)
+            .map(|i| {
+                if i % 7 == 3 {
+                    b"zebra".to_vec()
+                } else {
+                    b"horse".to_vec()
+                }
+            })
+            .collect();
+        let index = run(GramIndex::build(&files(
+            &bodies.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        )));
+        let c = index.candidates(&grams_of(b"zebra"));
+        let listed: Vec<usize> = c.files(200, false).collect();
+        let expected: Vec<usize> = (0..200).filter(|i| c.contains(*i)).collect();
+        assert_eq!(listed, expected);
+        assert!(listed.iter().all(|i| i % 7 == 3) && listed.len() == 29);
+        assert_eq!(c.files(200, true).count(), 200, "every file");
+        assert_eq!(
+            index.candidates(&[]).files(5, false).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+        assert_eq!(
+            index
+                .candidates(&grams_of(b"qqq"))
+                .files(200, false)
+                .count(),
+            0
+        );
     }
 
     #[test]

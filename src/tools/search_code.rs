@@ -260,6 +260,12 @@ impl Scan {
         }
     }
 
+    fn ruled_out_all(&mut self, kinds: &[Kind]) {
+        for &kind in kinds {
+            self.ruled_out(kind);
+        }
+    }
+
     /// Searches one file's contents (`None`: it could not be read).
     async fn file(
         &mut self,
@@ -370,13 +376,17 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
     if let Some(snap) = snapshot {
         walk_truncated = snap.tree.truncated;
         let total = snap.tree.files.len() as u64;
-        let pairs = snap.tree.files.iter().zip(&snap.contents);
         let candidates = snap
             .index
             .candidates(&query_grams(&a.query, a.regex, a.case_sensitive));
-        let mut visited = 0u64;
-        for (n, (path, content)) in pairs.enumerate() {
-            if n % SEARCH_BATCH == 0 {
+        // Without a glob only candidates need a look; the files between them are
+        // counted by kind. A glob decides which files count, so it sees them all.
+        let mut counted = 0;
+        let mut polled: Option<usize> = None;
+        for n in candidates.files(snap.tree.files.len(), filter.is_some()) {
+            scan.ruled_out_all(snap.index.kinds(counted..n));
+            counted = n + 1;
+            if polled.is_none_or(|p| n >= p + SEARCH_BATCH) {
                 if let Some(stop) = stop_reason(cx, start) {
                     return stop;
                 }
@@ -384,8 +394,9 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
                     cx.report_progress(n as u64, Some(total));
                 }
                 glommio::yield_if_needed().await;
+                polled = Some(n);
             }
-            visited += 1;
+            let path = &snap.tree.files[n];
             if !wanted(path) {
                 continue;
             }
@@ -393,11 +404,17 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
                 scan.ruled_out(snap.index.kind(n));
                 continue;
             }
-            if let Err(stop) = scan.file(cx, &a, &matcher, path, content.as_deref()).await {
+            let content = snap.contents[n].as_deref();
+            if let Err(stop) = scan.file(cx, &a, &matcher, path, content).await {
                 stopped = Some(stop);
                 break;
             }
         }
+        if stopped.is_none() {
+            scan.ruled_out_all(snap.index.kinds(counted..snap.tree.files.len()));
+            counted = snap.tree.files.len();
+        }
+        let visited = counted as u64;
         // Where the search ended, as the read path reports after its last batch.
         cx.report_progress(visited, Some(total));
     } else {
@@ -922,8 +939,12 @@ mod tests {
             "zzz",
         ];
         for query in queries {
-            for case_sensitive in [true, false] {
-                let args = json!({"query": query, "case_sensitive": case_sensitive});
+            let globs = [None, Some("*.rs"), Some("!*.md")];
+            for (case_sensitive, glob) in globs.iter().flat_map(|g| [(true, g), (false, g)]) {
+                let mut args = json!({"query": query, "case_sensitive": case_sensitive});
+                if let Some(glob) = glob {
+                    args["glob"] = json!(glob);
+                }
                 call(&cached, "search_code", args.clone());
                 let used = cached.storage.snapshots.stats().used;
                 let from_snapshot = call(&cached, "search_code", args.clone());
@@ -932,7 +953,7 @@ mod tests {
                 assert_eq!(
                     from_snapshot.structured_content(),
                     read_through.structured_content(),
-                    "{query:?}, case_sensitive {case_sensitive}"
+                    "{query:?}, case_sensitive {case_sensitive}, glob {glob:?}"
                 );
             }
         }
