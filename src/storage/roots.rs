@@ -87,9 +87,21 @@ impl Roots {
 
     /// How a canonical in-root path is shown to the client.
     pub fn display(&self, real: &Path) -> String {
-        match self.roots.first().and_then(|r| real.strip_prefix(r).ok()) {
-            Some(rel) if rel.as_os_str().is_empty() => ".".to_string(),
-            Some(rel) => rel.to_string_lossy().into_owned(),
+        // Both paths are canonical (no `.`, `..`, `//` or trailing `/`), so a byte
+        // prefix that ends at a `/` is a component prefix: no `Components` to
+        // parse, which search_code pays for on every file with a match.
+        let rest = self.roots.first().and_then(|root| {
+            let root = root.as_os_str().as_bytes();
+            match real.as_os_str().as_bytes().strip_prefix(root)? {
+                rest if root.ends_with(b"/") => Some(rest),
+                [] => Some(&[][..]),
+                [b'/', rest @ ..] => Some(rest),
+                _ => None,
+            }
+        });
+        match rest {
+            Some([]) => ".".to_string(),
+            Some(rel) => String::from_utf8_lossy(rel).into_owned(),
             None => real.to_string_lossy().into_owned(),
         }
     }
@@ -369,6 +381,14 @@ mod tests {
         ] {
             assert!(roots.resolve_plain(&first, p).is_none(), "{p}");
         }
+        // Shown relative to the first root, by components, not by bytes.
+        let sibling = PathBuf::from(format!("{}-other/x", first.display()));
+        assert_eq!(roots.display(&sibling), sibling.to_str().unwrap());
+        assert_eq!(roots.display(&first), ".");
+        assert_eq!(roots.display(&first.join("sub/a.txt")), "sub/a.txt");
+        let slash = Roots::new(vec![PathBuf::from("/")]);
+        assert_eq!(slash.display(Path::new("/etc/hosts")), "etc/hosts");
+        assert_eq!(slash.display(Path::new("/")), ".");
         // Through the general path those still resolve (or fail) as before.
         assert_eq!(roots.resolve("in/a.txt").unwrap().display, "sub/a.txt");
         assert_eq!(roots.resolve("sub//a.txt").unwrap().display, "sub/a.txt");

@@ -11,6 +11,7 @@
 //! blocking pool, and the search yields to the shard between batches and stops at
 //! the deadline or on cancellation.
 
+use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
@@ -118,6 +119,21 @@ struct Hit {
     text: String,
     before: Vec<String>,
     after: Vec<String>,
+}
+
+impl Hit {
+    /// The structured match; its strings are moved in, not copied.
+    fn into_json(self, path: &str, context: bool) -> Value {
+        let mut m = Map::new();
+        m.insert("path".into(), Value::String(path.to_owned()));
+        m.insert("line".into(), self.line.into());
+        m.insert("text".into(), Value::String(self.text));
+        if context {
+            m.insert("before".into(), self.before.into());
+            m.insert("after".into(), self.after.into());
+        }
+        Value::Object(m)
+    }
 }
 
 fn show(line: &[u8]) -> String {
@@ -296,11 +312,18 @@ impl Scan {
                 return Err(Stop::Full);
             }
             self.found += 1;
-            let mut m = json!({"path": display, "line": hit.line, "text": hit.text});
-            if a.context > 0 {
-                m["before"] = json!(hit.before);
-                m["after"] = json!(hit.after);
+            if cx.sink.is_none() {
+                // Writing to a String cannot fail.
+                let first = hit.line - hit.before.len();
+                for (i, b) in hit.before.iter().enumerate() {
+                    let _ = writeln!(self.text, "{display}-{}- {b}", first + i);
+                }
+                let _ = writeln!(self.text, "{display}:{}: {}", hit.line, hit.text);
+                for (i, b) in hit.after.iter().enumerate() {
+                    let _ = writeln!(self.text, "{display}-{}- {b}", hit.line + 1 + i);
+                }
             }
+            let m = hit.into_json(&display, a.context > 0);
             if let Some(sink) = cx.sink {
                 // Streamed: each match leaves as it is found, nothing gathers.
                 if !sink.send(m).await {
@@ -309,18 +332,6 @@ impl Scan {
                     )));
                 }
                 continue;
-            }
-            for (i, b) in hit.before.iter().enumerate() {
-                self.text.push_str(&format!(
-                    "{display}-{}- {b}\n",
-                    hit.line - hit.before.len() + i
-                ));
-            }
-            self.text
-                .push_str(&format!("{display}:{}: {}\n", hit.line, hit.text));
-            for (i, b) in hit.after.iter().enumerate() {
-                self.text
-                    .push_str(&format!("{display}-{}- {b}\n", hit.line + 1 + i));
             }
             self.matches.push(m);
         }
