@@ -110,6 +110,8 @@ fn storage_and_tools(c: &mut Criterion) {
     let search = json!({"query": "needle_marker", "path": "src"});
     // In no file: what a search costs when the trigram index rules out every file.
     let absent = json!({"query": "no_such_identifier", "path": "src"});
+    // A regex: the index is fed its prefix literals.
+    let regex = json!({"query": "needle_(marker|pin)", "regex": true, "path": "src"});
     // The same shard with query_db's answer cache off: every call runs SQLite.
     let sqlite = fixture::shard_with(&corpus.root, Some(&corpus.db), |c| {
         c.tools.insert(
@@ -127,6 +129,7 @@ fn storage_and_tools(c: &mut Criterion) {
         ("query_db_answer_kept", "query_db", &lookup, &shard),
         ("search_code_2000_files", "search_code", &search, &shard),
         ("search_code_absent", "search_code", &absent, &shard),
+        ("search_code_regex", "search_code", &regex, &shard),
     ] {
         assert!(
             !LocalExecutor::default().run(call(shard, tool, args)),

@@ -199,6 +199,23 @@ impl GramIndex {
         Candidates(Some(bits))
     }
 
+    /// The files that hold every gram of at least one of `alternatives`; every
+    /// file when there is none, or one is empty.
+    pub fn candidates_any(&self, alternatives: &[Vec<Gram>]) -> Candidates {
+        if alternatives.is_empty() || alternatives.iter().any(Vec::is_empty) {
+            return Candidates(None);
+        }
+        let mut any = vec![0u64; self.words].into_boxed_slice();
+        for grams in alternatives {
+            if let Candidates(Some(bits)) = self.candidates(grams) {
+                for (a, b) in any.iter_mut().zip(bits.iter()) {
+                    *a |= b;
+                }
+            }
+        }
+        Candidates(Some(any))
+    }
+
     pub fn kind(&self, file: usize) -> Kind {
         self.kinds[file]
     }
@@ -279,6 +296,13 @@ mod tests {
         assert!(c.contains(123));
         assert!(c.count().unwrap() < 5, "{:?} candidates", c.count());
         assert_eq!(index.candidates(&[]).count(), None, "no gram: every file");
+        let either = index.candidates_any(&[grams_of(b"needle_marker"), grams_of(b"helper_7(")]);
+        assert!(either.contains(123) && either.contains(7) && either.count().unwrap() < 10);
+        assert_eq!(index.candidates_any(&[]).count(), None);
+        assert_eq!(
+            index.candidates_any(&[grams_of(b"needle"), vec![]]).count(),
+            None
+        );
     }
 
     #[test]

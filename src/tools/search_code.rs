@@ -46,6 +46,9 @@ pub const SEARCH_BATCH: usize = 32;
 /// Most trigrams of a query looked up in a snapshot's index; past a dozen,
 /// more rule out hardly another file.
 pub const MAX_QUERY_GRAMS: usize = 16;
+/// Most prefix literals of a regex looked up in the index; a regex with more
+/// searches every file.
+pub const MAX_QUERY_ALTERNATIVES: usize = 64;
 
 /// What the query matches with.
 enum Matcher {
@@ -86,12 +89,9 @@ impl Matcher {
     }
 }
 
-/// Trigrams that every match of the query holds, folded as the index folds
-/// them. A regex gives none: its matches need not share any text.
-fn query_grams(query: &str, regex: bool, case_sensitive: bool) -> Vec<Gram> {
-    if regex {
-        return Vec::new();
-    }
+/// Trigrams that every match of a literal query holds, folded as the index
+/// folds them.
+fn query_grams(query: &str, case_sensitive: bool) -> Vec<Gram> {
     let mut grams = Vec::new();
     for w in query.as_bytes().windows(3) {
         // Case-insensitive matching folds Unicode: `k` also matches the Kelvin
@@ -102,15 +102,50 @@ fn query_grams(query: &str, regex: bool, case_sensitive: bool) -> Vec<Gram> {
         if !case_sensitive && !w.iter().all(same_bytes) {
             continue;
         }
-        let g = gram([w[0], w[1], w[2]]);
-        if !grams.contains(&g) {
-            grams.push(g);
-            if grams.len() == MAX_QUERY_GRAMS {
-                break;
-            }
-        }
+        push_gram(&mut grams, gram([w[0], w[1], w[2]]));
     }
     grams
+}
+
+fn push_gram(grams: &mut Vec<Gram>, g: Gram) {
+    if grams.len() < MAX_QUERY_GRAMS && !grams.contains(&g) {
+        grams.push(g);
+    }
+}
+
+/// What a file must hold to match the query: every trigram of at least one of
+/// the returned sets. No set, or an empty one, means any file may match.
+///
+/// A regex's sets come from its prefix literals (`regex-syntax`): every match
+/// begins with one of them, byte for byte, case variants spelt out. The
+/// pattern is parsed with the flags `Matcher::new` gives `regex::bytes`.
+fn query_alternatives(query: &str, regex: bool, case_sensitive: bool) -> Vec<Vec<Gram>> {
+    if !regex {
+        return vec![query_grams(query, case_sensitive)];
+    }
+    let parsed = regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .case_insensitive(!case_sensitive)
+        .multi_line(true)
+        .build()
+        .parse(query);
+    let Ok(hir) = parsed else {
+        return Vec::new();
+    };
+    let seq = regex_syntax::hir::literal::Extractor::new().extract(&hir);
+    let Some(literals) = seq.literals().filter(|l| l.len() <= MAX_QUERY_ALTERNATIVES) else {
+        return Vec::new();
+    };
+    literals
+        .iter()
+        .map(|literal| {
+            let mut grams = Vec::new();
+            for w in literal.as_bytes().windows(3) {
+                push_gram(&mut grams, gram([w[0], w[1], w[2]]));
+            }
+            grams
+        })
+        .collect()
 }
 
 /// One matching line.
@@ -387,9 +422,9 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
     if let Some(snap) = snapshot {
         walk_truncated = snap.tree.truncated;
         let total = snap.tree.files.len() as u64;
-        let candidates = snap
-            .index
-            .candidates(&query_grams(&a.query, a.regex, a.case_sensitive));
+        let candidates =
+            snap.index
+                .candidates_any(&query_alternatives(&a.query, a.regex, a.case_sensitive));
         // Without a glob only candidates need a look; the files between them are
         // counted by kind. A glob decides which files count, so it sees them all.
         let mut counted = 0;
@@ -949,10 +984,23 @@ mod tests {
             "abc",
             "zzz",
         ];
-        for query in queries {
+        let regexes = [
+            "kel+vin",
+            "needle_(marker|x)",
+            "(?i)émile",
+            "s.cret|SECRET",
+            "[ab]bc",
+            "^ab$",
+            "Kelvin at|zzz",
+            "(kelvin|\u{212A}ELVIN)",
+            "x*",
+        ];
+        let cases = queries.iter().map(|q| (*q, false));
+        for (query, regex) in cases.chain(regexes.iter().map(|q| (*q, true))) {
             let globs = [None, Some("*.rs"), Some("!*.md")];
             for (case_sensitive, glob) in globs.iter().flat_map(|g| [(true, g), (false, g)]) {
-                let mut args = json!({"query": query, "case_sensitive": case_sensitive});
+                let mut args =
+                    json!({"query": query, "case_sensitive": case_sensitive, "regex": regex});
                 if let Some(glob) = glob {
                     args["glob"] = json!(glob);
                 }
@@ -1001,14 +1049,14 @@ mod tests {
             ["\u{17F}", "\u{212A}"],
             "the reason k and s are left out"
         );
-        assert!(
-            query_grams("kelvin", false, false) == [gram(*b"elv"), gram(*b"lvi"), gram(*b"vin")]
-        );
-        assert!(query_grams("KELVIN", false, true).len() == 4);
-        assert!(
-            query_grams("a.b", true, true).is_empty(),
-            "a regex holds no gram"
-        );
+        assert!(query_grams("kelvin", false) == [gram(*b"elv"), gram(*b"lvi"), gram(*b"vin")]);
+        assert!(query_grams("KELVIN", true).len() == 4);
+        let alternatives = |q: &str| query_alternatives(q, true, true);
+        assert!(alternatives("a.b").iter().any(Vec::is_empty), "`a` alone");
+        let foo_or_bar = [vec![gram(*b"foo")], vec![gram(*b"bar")]];
+        assert_eq!(alternatives("foo|bar"), foo_or_bar);
+        assert_eq!(alternatives("(foo|bar)+baz"), foo_or_bar, "prefixes only");
+        assert!(alternatives("[a-z]+x").is_empty(), "too many prefixes");
     }
 
     /// A cold shard hit by several searches of one tree at once walks and reads
