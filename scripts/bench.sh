@@ -59,6 +59,9 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 # shellcheck source=scripts/lib/workloads.sh
 . scripts/lib/workloads.sh
+# shellcheck source=scripts/lib/common.sh
+. scripts/lib/common.sh
+SCRIPT=bench.sh
 PORT=${BENCH_PORT:-7411}
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-64}
@@ -82,8 +85,6 @@ PAIRS=$WORK/pairs.tsv
 : >"$RESULTS"
 : >"$PAIRS"
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "bench.sh: $*"; exit 1; }
 
 # ---------------------------------------------------------------- cleanup
 SERVER_PID=""
@@ -102,7 +103,6 @@ trap 'exit 130' INT TERM
 
 [ "${SERVERS%% *}" = coremcp ] || die "BENCH_SERVERS must start with coremcp: it sets the fixed rates"
 
-port_taken() { [ -n "$(ss -Hltn "sport = :$PORT")" ]; }
 
 # ---------------------------------------------------------------- tools
 command -v python3 >/dev/null || die "python3 is needed for the fixture and the table"

@@ -29,6 +29,9 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 # shellcheck source=scripts/lib/workloads.sh
 . scripts/lib/workloads.sh
+# shellcheck source=scripts/lib/common.sh
+. scripts/lib/common.sh
+SCRIPT=pgo.sh
 PORT=${PGO_PORT:-7412}
 SECS=${PGO_SECONDS:-3}
 SERVER_CPU=${PGO_SERVER_CPU:-1}
@@ -37,8 +40,6 @@ FIXTURE=${PGO_FIXTURE:-$REPO/target/bench-fixture}
 URL="http://127.0.0.1:$PORT/mcp"
 WORK=$(mktemp -d /tmp/coremcp-pgo.XXXXXX)
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "pgo.sh: $*"; exit 1; }
 
 SERVER_PID=""
 cleanup() {
@@ -51,7 +52,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_taken() { [ -n "$(ss -Hltn "sport = :$PORT")" ]; }
 port_taken && die "port $PORT is taken (ss -ltnp says so); set PGO_PORT"
 command -v wrk >/dev/null || die "wrk is needed (apt-get install wrk)"
 command -v curl >/dev/null || die "curl is needed"
