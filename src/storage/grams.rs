@@ -110,8 +110,10 @@ impl Candidates {
 
 impl GramIndex {
     /// Indexes `contents` (a snapshot's, in its order), yielding to the shard
-    /// every [`BUILD_BATCH`] files: hashing 4 MB takes milliseconds.
-    pub async fn build(contents: &[Option<Rc<CachedFile>>]) -> GramIndex {
+    /// every [`BUILD_BATCH`] files: hashing 4 MB takes milliseconds. `None`,
+    /// before anything large is allocated, if the index would take more than
+    /// `max_bytes`.
+    pub async fn build(contents: &[Option<Rc<CachedFile>>], max_bytes: usize) -> Option<GramIndex> {
         let kinds: Box<[Kind]> = contents
             .iter()
             .map(|c| match c {
@@ -128,6 +130,9 @@ impl GramIndex {
             .collect();
         let rows_log2 = rows_for(text.iter().sum::<usize>(), text.len());
         let words = contents.len().div_ceil(64);
+        if (words << rows_log2) * 8 + kinds.len() > max_bytes {
+            return None;
+        }
         let mut index = GramIndex {
             rows_log2,
             words,
@@ -151,7 +156,8 @@ impl GramIndex {
             }
             index.set_column(file, &seen);
         }
-        index
+        debug_assert!(index.bytes() <= max_bytes);
+        Some(index)
     }
 
     fn row_of(&self, g: Gram) -> usize {
@@ -264,7 +270,7 @@ mod tests {
         let mut contents = files(&bodies.iter().map(Vec::as_slice).collect::<Vec<_>>());
         contents.push(None);
         contents.push(Some(Rc::new(CachedFile::for_test(b"v1 = \0binary"))));
-        let index = run(GramIndex::build(&contents));
+        let index = run(GramIndex::build(&contents, usize::MAX)).unwrap();
         for q in ["f17()", "V123 =", "let v2", "= 7919;", "() {"] {
             let c = index.candidates(&grams_of(q.as_bytes()));
             for (i, b) in bodies.iter().enumerate() {
@@ -291,7 +297,7 @@ mod tests {
             .collect();
         bodies[123].extend_from_slice(b"// needle_marker here\n");
         let contents = files(&bodies.iter().map(Vec::as_slice).collect::<Vec<_>>());
-        let index = run(GramIndex::build(&contents));
+        let index = run(GramIndex::build(&contents, usize::MAX)).unwrap();
         let c = index.candidates(&grams_of(b"needle_marker"));
         assert!(c.contains(123));
         assert!(c.count().unwrap() < 5, "{:?} candidates", c.count());
@@ -316,9 +322,8 @@ mod tests {
                 }
             })
             .collect();
-        let index = run(GramIndex::build(&files(
-            &bodies.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-        )));
+        let contents = files(&bodies.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        let index = run(GramIndex::build(&contents, usize::MAX)).unwrap();
         let c = index.candidates(&grams_of(b"zebra"));
         let listed: Vec<usize> = c.files(200, false).collect();
         let expected: Vec<usize> = (0..200).filter(|i| c.contains(*i)).collect();
@@ -345,10 +350,19 @@ mod tests {
         let long = vec![b'a'; (SATURATED_BYTES_PER_ROW << MIN_ROWS_LOG2) + 1];
         let mut texts: Vec<&[u8]> = vec![b"xyz"; 100];
         texts.push(&long);
-        let index = run(GramIndex::build(&files(&texts)));
+        let index = run(GramIndex::build(&files(&texts), usize::MAX)).unwrap();
         assert_eq!(index.rows_log2, MIN_ROWS_LOG2);
         let c = index.candidates(&grams_of(b"qqq"));
         assert!(!c.contains(0) && c.contains(100));
+    }
+
+    #[test]
+    fn an_index_past_its_budget_is_not_built() {
+        let contents = files(&[&b"abc"[..]; 100]);
+        let index = run(GramIndex::build(&contents, usize::MAX)).unwrap();
+        let bytes = index.bytes();
+        assert!(run(GramIndex::build(&contents, bytes)).is_some());
+        assert!(run(GramIndex::build(&contents, bytes - 1)).is_none());
     }
 
     #[test]

@@ -395,14 +395,13 @@ impl Snapshots {
         }
         // Built before the check below, which then vouches for it too: it
         // yields, and a change meanwhile must still retire the snapshot.
-        let index = GramIndex::build(&contents).await;
+        let Some(index) = GramIndex::build(&contents, self.max_bytes - content_bytes).await else {
+            return;
+        };
         if self.watcher.poll() != pending.generation {
             return;
         }
         let bytes = content_bytes + index.bytes();
-        if bytes > self.max_bytes {
-            return;
-        }
         let mut map = self.map.borrow_mut();
         map.retain(|_, s| s.generation == pending.generation);
         map.remove(&pending.dir);
