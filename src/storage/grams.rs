@@ -48,6 +48,11 @@ pub fn gram(bytes: [u8; 3]) -> Gram {
     bytes.map(|b| b.to_ascii_lowercase())
 }
 
+/// Every gram of `bytes`, in order, repeats included.
+pub fn grams_of(bytes: &[u8]) -> impl Iterator<Item = Gram> + '_ {
+    bytes.windows(3).map(|w| gram([w[0], w[1], w[2]]))
+}
+
 /// What the search makes of a snapshot's file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -122,13 +127,14 @@ impl GramIndex {
                 Some(_) => Kind::Text,
             })
             .collect();
-        let text: Vec<usize> = contents
-            .iter()
-            .zip(&kinds)
-            .filter(|(_, k)| **k == Kind::Text)
-            .map(|(c, _)| c.as_ref().map_or(0, |f| f.bytes.len()))
-            .collect();
-        let rows_log2 = rows_for(text.iter().sum::<usize>(), text.len());
+        let (mut text_bytes, mut text_files) = (0, 0);
+        for (content, kind) in contents.iter().zip(&kinds) {
+            if let (Some(f), Kind::Text) = (content, kind) {
+                text_bytes += f.bytes.len();
+                text_files += 1;
+            }
+        }
+        let rows_log2 = rows_for(text_bytes, text_files);
         let words = contents.len().div_ceil(64);
         if (words << rows_log2) * 8 + kinds.len() > max_bytes {
             return None;
@@ -168,8 +174,8 @@ impl GramIndex {
 
     /// Sets in `seen` the row of every trigram of `bytes`.
     fn hash_into(&self, bytes: &[u8], seen: &mut [u64]) {
-        for w in bytes.windows(3) {
-            let r = self.row_of(gram([w[0], w[1], w[2]]));
+        for g in grams_of(bytes) {
+            let r = self.row_of(g);
             seen[r / 64] |= 1 << (r % 64);
         }
     }
@@ -188,38 +194,42 @@ impl GramIndex {
 
     /// The files that hold every one of `grams` (or one colliding with it).
     pub fn candidates(&self, grams: &[Gram]) -> Candidates {
-        let mut grams = grams.iter();
-        let Some(&first) = grams.next() else {
-            return Candidates(None);
-        };
-        let row = |g: Gram| {
-            let start = self.row_of(g) * self.words;
-            &self.rows[start..start + self.words]
-        };
-        let mut bits: Box<[u64]> = row(first).into();
-        for &g in grams {
-            for (b, w) in bits.iter_mut().zip(row(g)) {
-                *b &= w;
-            }
-        }
-        Candidates(Some(bits))
+        Candidates(self.holding_all(grams))
     }
 
     /// The files that hold every gram of at least one of `alternatives`; every
     /// file when there is none, or one is empty.
     pub fn candidates_any(&self, alternatives: &[Vec<Gram>]) -> Candidates {
-        if alternatives.is_empty() || alternatives.iter().any(Vec::is_empty) {
+        let mut each = alternatives.iter().map(|grams| self.holding_all(grams));
+        // A literal query has one alternative: its bitmap is the answer as it is.
+        let Some(Some(mut any)) = each.next() else {
             return Candidates(None);
-        }
-        let mut any = vec![0u64; self.words].into_boxed_slice();
-        for grams in alternatives {
-            if let Candidates(Some(bits)) = self.candidates(grams) {
-                for (a, b) in any.iter_mut().zip(bits.iter()) {
-                    *a |= b;
-                }
+        };
+        for bits in each {
+            let Some(bits) = bits else {
+                return Candidates(None);
+            };
+            for (a, b) in any.iter_mut().zip(bits.iter()) {
+                *a |= b;
             }
         }
         Candidates(Some(any))
+    }
+
+    /// The AND of the rows of `grams`; `None` (no constraint) for no gram.
+    fn holding_all(&self, grams: &[Gram]) -> Option<Box<[u64]>> {
+        let row = |g: Gram| {
+            let start = self.row_of(g) * self.words;
+            &self.rows[start..start + self.words]
+        };
+        let (&first, rest) = grams.split_first()?;
+        let mut bits: Box<[u64]> = row(first).into();
+        for &g in rest {
+            for (b, w) in bits.iter_mut().zip(row(g)) {
+                *b &= w;
+            }
+        }
+        Some(bits)
     }
 
     pub fn kind(&self, file: usize) -> Kind {
@@ -257,8 +267,8 @@ mod tests {
             .collect()
     }
 
-    fn grams_of(q: &[u8]) -> Vec<Gram> {
-        q.windows(3).map(|w| gram([w[0], w[1], w[2]])).collect()
+    fn grams(q: &[u8]) -> Vec<Gram> {
+        grams_of(q).collect()
     }
 
     #[test]
@@ -272,7 +282,7 @@ mod tests {
         contents.push(Some(Rc::new(CachedFile::for_test(b"v1 = \0binary"))));
         let index = run(GramIndex::build(&contents, usize::MAX)).unwrap();
         for q in ["f17()", "V123 =", "let v2", "= 7919;", "() {"] {
-            let c = index.candidates(&grams_of(q.as_bytes()));
+            let c = index.candidates(&grams(q.as_bytes()));
             for (i, b) in bodies.iter().enumerate() {
                 let holds = b
                     .to_ascii_lowercase()
@@ -298,15 +308,15 @@ mod tests {
         bodies[123].extend_from_slice(b"// needle_marker here\n");
         let contents = files(&bodies.iter().map(Vec::as_slice).collect::<Vec<_>>());
         let index = run(GramIndex::build(&contents, usize::MAX)).unwrap();
-        let c = index.candidates(&grams_of(b"needle_marker"));
+        let c = index.candidates(&grams(b"needle_marker"));
         assert!(c.contains(123));
         assert!(c.count().unwrap() < 5, "{:?} candidates", c.count());
         assert_eq!(index.candidates(&[]).count(), None, "no gram: every file");
-        let either = index.candidates_any(&[grams_of(b"needle_marker"), grams_of(b"helper_7(")]);
+        let either = index.candidates_any(&[grams(b"needle_marker"), grams(b"helper_7(")]);
         assert!(either.contains(123) && either.contains(7) && either.count().unwrap() < 10);
         assert_eq!(index.candidates_any(&[]).count(), None);
         assert_eq!(
-            index.candidates_any(&[grams_of(b"needle"), vec![]]).count(),
+            index.candidates_any(&[grams(b"needle"), vec![]]).count(),
             None
         );
     }
@@ -324,7 +334,7 @@ mod tests {
             .collect();
         let contents = files(&bodies.iter().map(Vec::as_slice).collect::<Vec<_>>());
         let index = run(GramIndex::build(&contents, usize::MAX)).unwrap();
-        let c = index.candidates(&grams_of(b"zebra"));
+        let c = index.candidates(&grams(b"zebra"));
         let listed: Vec<usize> = c.files(200, false).collect();
         let expected: Vec<usize> = (0..200).filter(|i| c.contains(*i)).collect();
         assert_eq!(listed, expected);
@@ -335,10 +345,7 @@ mod tests {
             [0, 1, 2, 3, 4]
         );
         assert_eq!(
-            index
-                .candidates(&grams_of(b"qqq"))
-                .files(200, false)
-                .count(),
+            index.candidates(&grams(b"qqq")).files(200, false).count(),
             0
         );
     }
@@ -352,7 +359,7 @@ mod tests {
         texts.push(&long);
         let index = run(GramIndex::build(&files(&texts), usize::MAX)).unwrap();
         assert_eq!(index.rows_log2, MIN_ROWS_LOG2);
-        let c = index.candidates(&grams_of(b"qqq"));
+        let c = index.candidates(&grams(b"qqq"));
         assert!(!c.contains(0) && c.contains(100));
     }
 

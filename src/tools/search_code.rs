@@ -27,7 +27,7 @@ use super::common::{
 };
 use super::{Annotations, CallContext, Tool, ToolFuture, ToolResult, ToolSpec};
 use crate::storage::file_cache::{CachedFile, FileError};
-use crate::storage::grams::{gram, Gram, Kind};
+use crate::storage::grams::{gram, grams_of, Gram, Kind};
 
 /// Matches returned when `max_results` is not given.
 pub const DEFAULT_MAX_RESULTS: u64 = 100;
@@ -140,9 +140,7 @@ fn query_alternatives(query: &str, regex: bool, case_sensitive: bool) -> Vec<Vec
         .iter()
         .map(|literal| {
             let mut grams = Vec::new();
-            for w in literal.as_bytes().windows(3) {
-                push_gram(&mut grams, gram([w[0], w[1], w[2]]));
-            }
+            grams_of(literal.as_bytes()).for_each(|g| push_gram(&mut grams, g));
             grams
         })
         .collect()
