@@ -343,6 +343,33 @@ impl CallContext<'_> {
     }
 }
 
+/// The transport's end of an [`ItemSink`].
+pub struct ItemReceiver(glommio::channels::local_channel::LocalReceiver<Value>);
+
+impl ItemReceiver {
+    /// The next item; `None` once the tool has finished and the queue is empty.
+    pub async fn recv(&self) -> Option<Value> {
+        self.0.recv().await
+    }
+}
+
+impl Drop for ItemReceiver {
+    /// Empties the queue before the receiver goes. glommio-ng wakes a sender
+    /// waiting for room when the receiver drops, but the sender then looks only
+    /// for room: with the queue still full it waits again, for good, and a tool
+    /// whose reader left mid-stream ran on until its deadline. With room, its
+    /// send finds the channel closed and the tool stops.
+    fn drop(&mut self) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            let recv = std::pin::pin!(self.0.recv());
+            if !matches!(recv.poll(&mut cx), std::task::Poll::Ready(Some(_))) {
+                break;
+            }
+        }
+    }
+}
+
 /// Where a streaming call sends its items. Bounded: `send` waits while the queue
 /// is full, so a slow reader stalls the tool rather than growing memory.
 pub struct ItemSink {
@@ -355,20 +382,14 @@ pub struct ItemSink {
 
 impl ItemSink {
     /// A sink and the receiver the transport drains, holding at most `queue` items.
-    pub fn new(
-        queue: usize,
-        max_items: usize,
-    ) -> (
-        ItemSink,
-        glommio::channels::local_channel::LocalReceiver<Value>,
-    ) {
+    pub fn new(queue: usize, max_items: usize) -> (ItemSink, ItemReceiver) {
         let (tx, rx) = glommio::channels::local_channel::new_bounded(queue.max(1));
         (
             ItemSink {
                 tx: std::cell::RefCell::new(Some(std::rc::Rc::new(tx))),
                 max_items,
             },
-            rx,
+            ItemReceiver(rx),
         )
     }
 
@@ -525,6 +546,23 @@ pub fn kind_of(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tool blocked on a full queue learns that its reader left: its send
+    /// ends, false, instead of waiting for room that never comes.
+    #[test]
+    fn a_full_sink_whose_reader_left_stops_the_sender() {
+        common::testing::run(async {
+            let (sink, rx) = ItemSink::new(1, 10);
+            assert!(sink.send(Value::from(1)).await, "room for one");
+            let mut blocked = std::pin::pin!(sink.send(Value::from(2)));
+            assert!(futures_lite::future::poll_once(blocked.as_mut())
+                .await
+                .is_none());
+            drop(rx);
+            let sent = futures_lite::future::poll_once(blocked.as_mut()).await;
+            assert_eq!(sent, Some(false), "the send ends, and says the reader left");
+        });
+    }
 
     /// The direct writer and the tree must produce the same JSON.
     #[test]
