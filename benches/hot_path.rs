@@ -4,7 +4,8 @@
 //! from request bytes to response bytes without the socket.
 //!
 //! `cargo bench --bench hot_path` (builds its corpus in a temp dir first).
-//! Last, what recording one call in the metrics costs (`metrics/record_call`).
+//! Then what compiling a search_code query costs (`pattern/`), and last, what
+//! recording one call in the metrics costs (`metrics/record_call`).
 
 use std::time::{Duration, Instant};
 
@@ -112,6 +113,10 @@ fn storage_and_tools(c: &mut Criterion) {
     let absent = json!({"query": "no_such_identifier", "path": "src"});
     // A regex: the index is fed its prefix literals.
     let regex = json!({"query": "needle_(marker|pin)", "regex": true, "path": "src"});
+    // A regex with no finite prefix: only what every match ends with can narrow it.
+    let suffix = json!({"query": r"\w+_marker", "regex": true, "path": "src"});
+    // A case-insensitive literal runs through `regex::bytes` (Unicode folding).
+    let fold = json!({"query": "needle_marker", "case_sensitive": false, "path": "src"});
     // The same shard with query_db's answer cache off: every call runs SQLite.
     let sqlite = fixture::shard_with(&corpus.root, Some(&corpus.db), |c| {
         c.tools.insert(
@@ -130,6 +135,8 @@ fn storage_and_tools(c: &mut Criterion) {
         ("search_code_2000_files", "search_code", &search, &shard),
         ("search_code_absent", "search_code", &absent, &shard),
         ("search_code_regex", "search_code", &regex, &shard),
+        ("search_code_regex_suffix", "search_code", &suffix, &shard),
+        ("search_code_ignore_case", "search_code", &fold, &shard),
     ] {
         assert!(
             !LocalExecutor::default().run(call(shard, tool, args)),
@@ -245,12 +252,30 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
+/// What compiling a search_code query costs: why a shard keeps them compiled
+/// (`storage/patterns.rs`); the `tool/search_code_*` cases above reuse theirs.
+fn patterns(c: &mut Criterion) {
+    use coremcp::storage::patterns::Pattern;
+    let mut g = c.benchmark_group("pattern");
+    for (name, query, regex, case_sensitive) in [
+        ("compile_literal", "needle_marker", false, true),
+        ("compile_ignore_case", "needle_marker", false, false),
+        ("compile_regex", "needle_(marker|pin)", true, true),
+        ("compile_regex_class", r"\w+_marker", true, true),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(Pattern::compile(black_box(query), regex, case_sensitive).unwrap()))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = http, storage_and_tools, metrics
+    targets = http, storage_and_tools, patterns, metrics
 }
 criterion_main!(benches);

@@ -217,6 +217,8 @@ pub struct CacheConfig {
     pub query_results: usize,
     /// Bytes of query_db answers kept per shard.
     pub query_result_bytes: usize,
+    /// search_code queries kept compiled per shard (0: compile every call).
+    pub search_patterns: usize,
 }
 
 impl Default for CacheConfig {
@@ -228,6 +230,7 @@ impl Default for CacheConfig {
             db_idle_connections: crate::storage::db::MAX_IDLE_CONNECTIONS,
             query_results: crate::storage::query_cache::DEFAULT_QUERY_RESULTS,
             query_result_bytes: crate::storage::query_cache::DEFAULT_QUERY_RESULT_BYTES,
+            search_patterns: crate::storage::patterns::DEFAULT_SEARCH_PATTERNS,
         }
     }
 }

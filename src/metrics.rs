@@ -131,6 +131,10 @@ pub struct ShardMetrics {
     pub query_evictions: Owned,
     pub query_entries: Owned,
     pub query_bytes: Owned,
+    pub pattern_hits: Owned,
+    pub pattern_misses: Owned,
+    pub pattern_evictions: Owned,
+    pub pattern_entries: Owned,
     /// The shard's accept loop is running and not draining.
     pub serving: AtomicBool,
 }
@@ -156,6 +160,10 @@ impl ShardMetrics {
             query_evictions: Owned::default(),
             query_entries: Owned::default(),
             query_bytes: Owned::default(),
+            pattern_hits: Owned::default(),
+            pattern_misses: Owned::default(),
+            pattern_evictions: Owned::default(),
+            pattern_entries: Owned::default(),
             serving: AtomicBool::new(false),
         }
     }
@@ -213,6 +221,11 @@ impl ShardMetrics {
         self.query_evictions.set(qs.evictions);
         self.query_entries.set(q.len() as u64);
         self.query_bytes.set(q.bytes() as u64);
+        let p = storage.patterns.stats();
+        self.pattern_hits.set(p.hits);
+        self.pattern_misses.set(p.misses);
+        self.pattern_evictions.set(p.evictions);
+        self.pattern_entries.set(storage.patterns.len() as u64);
     }
 }
 
@@ -344,26 +357,26 @@ impl Metrics {
         }
 
         type Read = fn(&ShardMetrics) -> u64;
-        let caches: [(&str, &str, [Read; 3]); 3] = [
+        let caches: [(&str, &str, [Read; 4]); 3] = [
             (
                 "mcp_cache_hits_total",
-                "Cache hits (file: contents served from memory; tree: a walk reused; query: a query_db answer reused).",
-                [|s| s.file_hits.get(), |s| s.tree_hits.get(), |s| s.query_hits.get()],
+                "Cache hits (file: contents served from memory; tree: a walk reused; query: a query_db answer reused; pattern: a compiled search_code query reused).",
+                [|s| s.file_hits.get(), |s| s.tree_hits.get(), |s| s.query_hits.get(), |s| s.pattern_hits.get()],
             ),
             (
                 "mcp_cache_misses_total",
-                "Cache misses (file: contents read; tree: a directory walked; query: a cacheable query run).",
-                [|s| s.file_misses.get(), |s| s.tree_misses.get(), |s| s.query_misses.get()],
+                "Cache misses (file: contents read; tree: a directory walked; query: a cacheable query run; pattern: a search_code query compiled).",
+                [|s| s.file_misses.get(), |s| s.tree_misses.get(), |s| s.query_misses.get(), |s| s.pattern_misses.get()],
             ),
             (
                 "mcp_cache_evictions_total",
                 "Cache entries evicted to make room.",
-                [|s| s.file_evictions.get(), |s| s.tree_evictions.get(), |s| s.query_evictions.get()],
+                [|s| s.file_evictions.get(), |s| s.tree_evictions.get(), |s| s.query_evictions.get(), |s| s.pattern_evictions.get()],
             ),
         ];
         for (name, help, reads) in caches {
             header(&mut out, name, "counter", help);
-            for (cache, read) in ["file", "tree", "query"].into_iter().zip(reads) {
+            for (cache, read) in ["file", "tree", "query", "pattern"].into_iter().zip(reads) {
                 let _ = writeln!(out, "{name}{{cache=\"{cache}\"}} {}", sum(&read));
             }
         }
@@ -387,7 +400,7 @@ impl Metrics {
             &mut out,
             "mcp_cache_entries",
             "gauge",
-            "Walks held by the tree cache; answers held by the query cache.",
+            "Walks held by the tree cache; answers held by the query cache; compiled queries held by the pattern cache.",
         );
         let _ = writeln!(
             out,
@@ -398,6 +411,11 @@ impl Metrics {
             out,
             "mcp_cache_entries{{cache=\"query\"}} {}",
             sum(&|s| s.query_entries.get())
+        );
+        let _ = writeln!(
+            out,
+            "mcp_cache_entries{{cache=\"pattern\"}} {}",
+            sum(&|s| s.pattern_entries.get())
         );
 
         header(

@@ -48,6 +48,11 @@ fn a_scrape_on_any_shard_counts_the_whole_process() {
     let r = call(&s, 10, "read_file", json!({"path": "missing.txt"}));
     assert_eq!(r["isError"], true);
     call(&s, 11, "read_file", json!({"path": "a.txt"}));
+    // The same query twice: compiled once per shard that serves it.
+    for id in 12..14 {
+        let r = call(&s, id, "search_code", json!({"query": "alpha"}));
+        assert_eq!(r["structuredContent"]["matches"][0]["line"], 1);
+    }
     let (_c, _sid) = s.session("2025-11-25");
     let mut bad = s.connect();
     assert_eq!(bad.request("GET", "/nowhere", &[], b"").status, 404);
@@ -86,14 +91,14 @@ fn a_scrape_on_any_shard_counts_the_whole_process() {
         // Buckets run from 25 µs to 10 s.
         at(r#"mcp_tool_latency_seconds_bucket{tool="list_directory",le="0.000025"}"#);
         at(r#"mcp_tool_latency_seconds_bucket{tool="list_directory",le="10"}"#);
-        assert_eq!(at(r#"mcp_requests_total{method="tools/call"}"#), 5.0);
+        assert_eq!(at(r#"mcp_requests_total{method="tools/call"}"#), 7.0);
         assert_eq!(at(r#"mcp_requests_total{method="initialize"}"#), 1.0);
         assert_eq!(
             at(r#"mcp_requests_total{method="notifications/initialized"}"#),
             1.0
         );
         assert_eq!(at(r#"mcp_http_responses_total{status="404"}"#), 1.0);
-        assert!(at(r#"mcp_http_responses_total{status="200"}"#) >= 6.0);
+        assert!(at(r#"mcp_http_responses_total{status="200"}"#) >= 8.0);
         assert!(at(r#"mcp_cache_misses_total{cache="file"}"#) >= 1.0);
         at(r#"mcp_cache_hits_total{cache="tree"}"#);
         at(r#"mcp_cache_evictions_total{cache="file"}"#);
@@ -107,6 +112,14 @@ fn a_scrape_on_any_shard_counts_the_whole_process() {
         ] {
             at(&format!("mcp_cache_{series}{{cache=\"query\"}}"));
         }
+        let compiled = at(r#"mcp_cache_misses_total{cache="pattern"}"#);
+        assert!(compiled >= 1.0);
+        assert_eq!(
+            compiled + at(r#"mcp_cache_hits_total{cache="pattern"}"#),
+            2.0
+        );
+        assert_eq!(at(r#"mcp_cache_entries{cache="pattern"}"#), compiled);
+        assert_eq!(at(r#"mcp_cache_evictions_total{cache="pattern"}"#), 0.0);
         assert_eq!(at("mcp_sessions"), 1.0);
         assert_eq!(at("mcp_inflight_calls"), 0.0);
         // The session's connection and this scrape's are open at least.

@@ -59,6 +59,7 @@ struct CacheFile {
     db_idle_connections: Option<usize>,
     query_results: Option<usize>,
     query_result_bytes: Option<usize>,
+    search_patterns: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -255,6 +256,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
         if let Some(n) = c.query_result_bytes {
             cfg.cache.query_result_bytes = n;
         }
+        if let Some(n) = c.search_patterns {
+            cfg.cache.search_patterns = n;
+        }
     }
     let known: Vec<&str> = crate::tools::Registry::builtin()
         .tools()
@@ -371,6 +375,7 @@ idle_timeout = 500
 [cache]
 file_bytes = 1048576
 trees = 4
+search_patterns = 3
 [tools.query_db]
 enabled = false
 [tools.search_code]
@@ -394,6 +399,7 @@ timeout_ms = 100
         assert_eq!(cfg.limits.idle_timeout, Duration::from_millis(500));
         assert_eq!(cfg.cache.file_bytes, 1 << 20);
         assert_eq!(cfg.cache.trees, 4);
+        assert_eq!(cfg.cache.search_patterns, 3);
         assert!(!cfg.tool_enabled("query_db"));
         assert!(cfg.tool_enabled("read_file"));
         assert_eq!(cfg.tool_timeout("search_code"), Duration::from_millis(100));

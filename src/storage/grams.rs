@@ -22,8 +22,8 @@
 //! The index only rules files out, and only on evidence: a collision sets bits,
 //! it never clears one, so a file holding the query is always a candidate. Every
 //! candidate is then searched byte by byte, as before. Which trigrams of a query
-//! are safe to use depends on how it matches (case, Unicode folding); the
-//! caller (`tools/search_code.rs`) picks them. The index is built from the
+//! are safe to use depends on how it matches (case, Unicode folding);
+//! `patterns.rs` picks them as it compiles the query. The index is built from the
 //! snapshot's own contents, so it is exactly as fresh as the snapshot.
 
 use std::rc::Rc;
@@ -214,6 +214,21 @@ impl GramIndex {
             }
         }
         Candidates(Some(any))
+    }
+
+    /// The files that hold each of `needs` (`patterns::Pattern::needs`); every
+    /// file when there is none.
+    pub fn candidates_all(&self, needs: &[Vec<Vec<Gram>>]) -> Candidates {
+        let mut each = needs.iter().map(|any_of| self.candidates_any(any_of).0);
+        let Some(mut all) = each.next().flatten() else {
+            return Candidates(None);
+        };
+        for bits in each.flatten() {
+            for (a, b) in all.iter_mut().zip(bits.iter()) {
+                *a &= b;
+            }
+        }
+        Candidates(Some(all))
     }
 
     /// The AND of the rows of `grams`; `None` (no constraint) for no gram.

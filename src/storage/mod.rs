@@ -1,5 +1,6 @@
 //! Shard-local storage: the roots, the file cache, the walk cache and search
-//! snapshots, the SQLite connection sets and their answer cache.
+//! snapshots, search_code's compiled queries, the SQLite connection sets and
+//! their answer cache.
 //!
 //! A shard owns one [`Storage`]; tools borrow it through the shard, so the hot path
 //! takes no lock. Everything here uses `Cell`/`RefCell` and must never hold a borrow
@@ -8,6 +9,7 @@
 pub mod db;
 pub mod file_cache;
 pub mod grams;
+pub mod patterns;
 pub mod query_cache;
 pub mod resolutions;
 pub mod roots;
@@ -20,6 +22,7 @@ use crate::config::Config;
 
 use db::Databases;
 use file_cache::FileCache;
+use patterns::Patterns;
 use resolutions::Resolutions;
 use roots::Roots;
 use tree_cache::TreeCache;
@@ -34,6 +37,8 @@ pub struct Storage {
     pub snapshots: Snapshots,
     /// Read paths' resolutions, kept fresh by the same inotify descriptor.
     pub resolutions: Resolutions,
+    /// search_code's queries, compiled.
+    pub patterns: Patterns,
 }
 
 impl Storage {
@@ -45,6 +50,7 @@ impl Storage {
             trees: TreeCache::new(config.cache.trees),
             snapshots: Snapshots::new(config.cache.trees, config.cache.file_bytes),
             resolutions: Resolutions::new(resolutions::MAX_RESOLUTIONS),
+            patterns: Patterns::new(config.cache.search_patterns),
         })
     }
 }

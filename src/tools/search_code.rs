@@ -4,9 +4,10 @@
 //! no symlinks); contents from the file cache, or, when nothing under the
 //! directory has changed since the last search of it, from that search's
 //! snapshot with no syscall per file (`storage/watch.rs`). In a snapshot, a
-//! literal query reads only the files its trigram index cannot rule out
+//! query reads only the files its trigram index cannot rule out
 //! (`storage/grams.rs`). Literal queries use `memchr::memmem`; regexes and
-//! case-insensitive literals use `regex::bytes`.
+//! case-insensitive literals use `regex::bytes`; either is compiled once per
+//! shard and kept (`storage/patterns.rs`).
 //! Files are read a batch at a time so that cold reads of large files overlap on the
 //! blocking pool, and the search yields to the shard between batches and stops at
 //! the deadline or on cancellation.
@@ -17,8 +18,6 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use ignore::overrides::{Override, OverrideBuilder};
-use memchr::memmem;
-use regex::bytes::{Regex, RegexBuilder};
 use serde_json::{json, Map, Value};
 
 use super::common::{
@@ -27,7 +26,8 @@ use super::common::{
 };
 use super::{Annotations, CallContext, Tool, ToolFuture, ToolResult, ToolSpec};
 use crate::storage::file_cache::{CachedFile, FileError};
-use crate::storage::grams::{gram, grams_of, Gram, Kind};
+use crate::storage::grams::Kind;
+use crate::storage::patterns::Pattern;
 
 /// Matches returned when `max_results` is not given.
 pub const DEFAULT_MAX_RESULTS: u64 = 100;
@@ -37,114 +37,10 @@ pub const MAX_RESULTS_LIMIT: u64 = 1000;
 pub const MAX_CONTEXT: u64 = 10;
 /// Bytes of one line shown; longer lines are cut with "…".
 pub const MAX_LINE_BYTES: usize = 400;
-/// Bytes of a compiled regex; a larger one is refused as too complex.
-pub const MAX_REGEX_BYTES: usize = 1024 * 1024;
 /// Longest query accepted.
 pub const MAX_QUERY_BYTES: usize = 4096;
 /// Files read concurrently per batch.
 pub const SEARCH_BATCH: usize = 32;
-/// Most trigrams of a query looked up in a snapshot's index; past a dozen,
-/// more rule out hardly another file.
-pub const MAX_QUERY_GRAMS: usize = 16;
-/// Most prefix literals of a regex looked up in the index; a regex with more
-/// searches every file.
-pub const MAX_QUERY_ALTERNATIVES: usize = 64;
-
-/// What the query matches with.
-enum Matcher {
-    Literal(Box<memmem::Finder<'static>>),
-    Regex(Regex),
-}
-
-impl Matcher {
-    fn new(query: &str, regex: bool, case_sensitive: bool) -> Result<Matcher, ToolResult> {
-        if !regex && case_sensitive {
-            let finder = memmem::Finder::new(query.as_bytes()).into_owned();
-            return Ok(Matcher::Literal(Box::new(finder)));
-        }
-        let pattern = if regex {
-            query.to_string()
-        } else {
-            regex::escape(query)
-        };
-        RegexBuilder::new(&pattern)
-            .case_insensitive(!case_sensitive)
-            .multi_line(true)
-            .size_limit(MAX_REGEX_BYTES)
-            .build()
-            .map(Matcher::Regex)
-            .map_err(|e| {
-                ToolResult::error(format!(
-                    "invalid regex: {e}\n(set `regex: false` to search for the text literally)"
-                ))
-            })
-    }
-
-    /// Start offsets of matches at or after `from`.
-    fn find(&self, hay: &[u8], from: usize) -> Option<usize> {
-        match self {
-            Matcher::Literal(f) => f.find(&hay[from..]).map(|i| i + from),
-            Matcher::Regex(r) => r.find_at(hay, from).map(|m| m.start()),
-        }
-    }
-}
-
-/// Trigrams that every match of a literal query holds, folded as the index
-/// folds them.
-fn query_grams(query: &str, case_sensitive: bool) -> Vec<Gram> {
-    let mut grams = Vec::new();
-    for w in query.as_bytes().windows(3) {
-        // Case-insensitive matching folds Unicode: `k` also matches the Kelvin
-        // sign, `s` the long s, and a non-ASCII letter its other cases, none of
-        // them in the same bytes. Only other ASCII is matched by the same bytes
-        // up to ASCII case, which is what the index folds.
-        let same_bytes = |b: &u8| b.is_ascii() && !b"kKsS".contains(b);
-        if !case_sensitive && !w.iter().all(same_bytes) {
-            continue;
-        }
-        push_gram(&mut grams, gram([w[0], w[1], w[2]]));
-    }
-    grams
-}
-
-fn push_gram(grams: &mut Vec<Gram>, g: Gram) {
-    if grams.len() < MAX_QUERY_GRAMS && !grams.contains(&g) {
-        grams.push(g);
-    }
-}
-
-/// What a file must hold to match the query: every trigram of at least one of
-/// the returned sets. No set, or an empty one, means any file may match.
-///
-/// A regex's sets come from its prefix literals (`regex-syntax`): every match
-/// begins with one of them, byte for byte, case variants spelt out. The
-/// pattern is parsed with the flags `Matcher::new` gives `regex::bytes`.
-fn query_alternatives(query: &str, regex: bool, case_sensitive: bool) -> Vec<Vec<Gram>> {
-    if !regex {
-        return vec![query_grams(query, case_sensitive)];
-    }
-    let parsed = regex_syntax::ParserBuilder::new()
-        .utf8(false)
-        .case_insensitive(!case_sensitive)
-        .multi_line(true)
-        .build()
-        .parse(query);
-    let Ok(hir) = parsed else {
-        return Vec::new();
-    };
-    let seq = regex_syntax::hir::literal::Extractor::new().extract(&hir);
-    let Some(literals) = seq.literals().filter(|l| l.len() <= MAX_QUERY_ALTERNATIVES) else {
-        return Vec::new();
-    };
-    literals
-        .iter()
-        .map(|literal| {
-            let mut grams = Vec::new();
-            grams_of(literal.as_bytes()).for_each(|g| push_gram(&mut grams, g));
-            grams
-        })
-        .collect()
-}
 
 /// One matching line.
 struct Hit {
@@ -186,7 +82,7 @@ fn line_bounds(hay: &[u8], at: usize) -> (usize, usize) {
 }
 
 /// Every matching line of one file, at most `limit`.
-fn search_file(m: &Matcher, hay: &[u8], context: usize, limit: usize) -> Vec<Hit> {
+fn search_file(m: &Pattern, hay: &[u8], context: usize, limit: usize) -> Vec<Hit> {
     let mut hits = Vec::new();
     let mut pos = 0;
     let mut line_no = 1;
@@ -320,7 +216,7 @@ impl Scan {
         &mut self,
         cx: &CallContext<'_>,
         a: &Args,
-        matcher: &Matcher,
+        matcher: &Pattern,
         path: &Path,
         content: Option<&CachedFile>,
     ) -> Result<(), Stop> {
@@ -374,9 +270,18 @@ impl Scan {
 
 async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
     let start = Instant::now();
-    let matcher = match Matcher::new(&a.query, a.regex, a.case_sensitive) {
+    let matcher = match cx
+        .shard
+        .storage
+        .patterns
+        .get(&a.query, a.regex, a.case_sensitive)
+    {
         Ok(m) => m,
-        Err(e) => return e,
+        Err(e) => {
+            return ToolResult::error(format!(
+                "invalid regex: {e}\n(set `regex: false` to search for the text literally)"
+            ))
+        }
     };
     let target = match resolve(cx, &a.path) {
         Ok(t) => t,
@@ -420,9 +325,7 @@ async fn search(cx: &CallContext<'_>, a: Args) -> ToolResult {
     if let Some(snap) = snapshot {
         walk_truncated = snap.tree.truncated;
         let total = snap.tree.files.len() as u64;
-        let candidates =
-            snap.index
-                .candidates_any(&query_alternatives(&a.query, a.regex, a.case_sensitive));
+        let candidates = snap.index.candidates_all(matcher.needs());
         // Without a glob only candidates need a look; the files between them are
         // counted by kind. A glob decides which files count, so it sees them all.
         let mut counted = 0;
@@ -856,7 +759,7 @@ mod tests {
 
     #[test]
     fn line_numbers_and_context_at_edges() {
-        let m = Matcher::new("x", false, true).unwrap();
+        let m = Pattern::compile("x", false, true).unwrap();
         let hits = search_file(&m, b"x\na\nx x\n\nx", 2, 10);
         let lines: Vec<usize> = hits.iter().map(|h| h.line).collect();
         assert_eq!(lines, [1, 3, 5]);
@@ -992,6 +895,12 @@ mod tests {
             "Kelvin at|zzz",
             "(kelvin|\u{212A}ELVIN)",
             "x*",
+            r"\w+_marker",
+            r"(?i)\w+_MARKER",
+            "[a-z]+vin",
+            r".*cret\b",
+            r"\w+ at the end$",
+            r"\w*\x{212A}ELVIN",
         ];
         let cases = queries.iter().map(|q| (*q, false));
         for (query, regex) in cases.chain(regexes.iter().map(|q| (*q, true))) {
@@ -1023,38 +932,6 @@ mod tests {
         };
         assert_eq!(insensitive("kelvin"), ["a.rs:1", "b.rs:1", "long.txt:4001"]);
         assert_eq!(insensitive("secret"), ["a.rs:2", "b.rs:1"]);
-    }
-
-    /// `query_grams` drops, for case-insensitive queries, every trigram with a
-    /// byte that Unicode folding matches to other bytes. That set is `kKsS` and
-    /// non-ASCII, as the regex crate folds: this checks it against the crate.
-    #[test]
-    fn only_k_and_s_fold_to_non_ascii() {
-        let others =
-            regex::Regex::new(r"(?i)^[\x00-\x4A\x4C-\x52\x54-\x6A\x6C-\x72\x74-\x7F]$").unwrap();
-        let k_or_s = regex::Regex::new(r"(?i)^[kKsS]$").unwrap();
-        let mut buf = [0u8; 4];
-        let mut partners = Vec::new();
-        for c in (0x80..=0x10FFFF).filter_map(char::from_u32) {
-            let c = c.encode_utf8(&mut buf);
-            assert!(!others.is_match(c), "{c:?} folds to ASCII other than kKsS");
-            if k_or_s.is_match(c) {
-                partners.push(c.to_string());
-            }
-        }
-        assert_eq!(
-            partners,
-            ["\u{17F}", "\u{212A}"],
-            "the reason k and s are left out"
-        );
-        assert!(query_grams("kelvin", false) == [gram(*b"elv"), gram(*b"lvi"), gram(*b"vin")]);
-        assert!(query_grams("KELVIN", true).len() == 4);
-        let alternatives = |q: &str| query_alternatives(q, true, true);
-        assert!(alternatives("a.b").iter().any(Vec::is_empty), "`a` alone");
-        let foo_or_bar = [vec![gram(*b"foo")], vec![gram(*b"bar")]];
-        assert_eq!(alternatives("foo|bar"), foo_or_bar);
-        assert_eq!(alternatives("(foo|bar)+baz"), foo_or_bar, "prefixes only");
-        assert!(alternatives("[a-z]+x").is_empty(), "too many prefixes");
     }
 
     /// A cold shard hit by several searches of one tree at once walks and reads
