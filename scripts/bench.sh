@@ -12,7 +12,10 @@
 #   * fixed rate: benches/loadgen (or oha) at half of coremcp's (1 shard)
 #     closed-loop maximum, with coordinated-omission correction;
 # checks first that one sample request answers 200 with a JSON-RPC result, and
-# that wrk saw no non-2xx answers or socket errors. The hello-world ceiling is
+# then that every answer was one: wrk counts non-2xx answers and socket errors,
+# loadgen checks every body for a JSON-RPC result that is not a tool error, and
+# coremcp's own counters (/metrics) must show no failed tool call and no non-200
+# answer over the whole row. A row with any of them is marked. The hello-world ceiling is
 # measured in every workload, at the same fixed rate (what p99 the machine and
 # the generator allow at that rate), and in paired rounds: coremcp and the
 # ceiling back to back, alternating which goes first, so that the ratio to the
@@ -259,6 +262,7 @@ fixed_rate() { # workload rate seconds
         while IFS= read -r h; do args+=(--header "$h"); done < <(headers_of "$1")
         taskset -c "$LOAD_CPU" "$LOADGEN" --url "$URL" --rate "$2" --connections "$CONNS" \
             --duration-secs "$3" --warmup-secs 1 --spin-us "$GEN_SPIN_US" --json "${args[@]}" --body "$(body_of "$1")" \
+            --require '"result":' --reject '"isError":true' \
             >"$WORK/loadgen.json" 2>"$WORK/loadgen.err" &
         LOAD_PID=$!
         wait "$LOAD_PID" || true
@@ -268,7 +272,7 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 # No latency at all (unsustainable from the first second): "-" cells.
 us = lambda ms: "-" if ms is None else round(ms * 1000)
-print(round(d["rate_achieved"]), us(d["p50_ms"]), us(d["p99_ms"]), us(d["p999_ms"]), d["errors"] + d["non2xx"],
+print(round(d["rate_achieved"]), us(d["p50_ms"]), us(d["p99_ms"]), us(d["p999_ms"]), d["errors"] + d["non2xx"] + d["unexpected"],
       round(d["cpu_busy"] * 100), us(d["send_lag_p99_ms"]), d["starved"])
 PY
         return
@@ -291,6 +295,18 @@ bad = sum(n for c, n in codes.items() if c != "200") + sum(errors.values())
 us = lambda s: round((s or 0) * 1e6)
 print(round(d["summary"]["requestsPerSec"]), us(p["p50"]), us(p["p99"]), us(p["p99.9"]), bad, "-", "-", "-")
 PY
+}
+
+# What coremcp itself counted as failed since it started: tool calls that ended
+# in an error, a timeout or a panic, and answers other than 200 (its /metrics).
+# A call the client abandoned (wrk stopping mid-call) is "cancelled", not
+# failed. Prints 0 for the other servers, which keep no such counts.
+server_failures() { # kind
+    case $1 in coremcp*) ;; *) echo 0; return ;; esac
+    curl -sS --max-time 5 "http://127.0.0.1:$PORT/metrics" | awk '
+        /^mcp_tool_calls_total\{/ && /outcome="(error|timeout|panicked)"/ { n += $NF }
+        /^mcp_http_responses_total\{/ && !/status="200"/ { n += $NF }
+        END { print n + 0 }' || echo 1
 }
 
 # CPU time (user + system, clock ticks) the server has used so far.
@@ -327,7 +343,7 @@ print(" ".join(runs[(len(runs) - 1) // 2]), ",".join("/".join((r[2], r[6], r[7])
 # noisy" to PAIRS.
 paired_rounds() { # workload
     case " $SERVERS " in *" hello "*) ;; *) return 0 ;; esac
-    local i kind order rps bad noisy
+    local i kind order rps bad noisy failed
     for i in $(seq "$PAIR_ROUNDS"); do
         order="coremcp hello"
         [ $((i % 2)) = 0 ] && order="hello coremcp"
@@ -338,9 +354,10 @@ paired_rounds() { # workload
             start_server "$kind"
             closed_loop "$1" 2 >/dev/null
             read -r rps _ _ _ non2xx sockerr < <(closed_loop "$1" "$PAIR_SECONDS")
+            failed=$(server_failures "$kind")
             stop_server >/dev/null
             got[$kind]=$rps
-            bad=$((bad + non2xx + sockerr))
+            bad=$((bad + non2xx + sockerr + failed))
         done
         busy && noisy=1
         [ "$noisy" = 1 ] && QUIET="no: cargo/rustc ran during some rows (flagged)"
@@ -377,6 +394,9 @@ for w in $WORKLOADS; do
         else
             frps=- fp50=- fp99=- fp999=- fbad=0 fgen=- flag=- fbusy=- fp99s=-
         fi
+        failed=$(server_failures "$kind")
+        [ "$failed" = 0 ] || say "   warning: $kind counted $failed failed calls or non-200 answers (/metrics)"
+        non2xx=$((non2xx + failed))
         hwm=$(stop_server)
         # A build that started or ran during the row skews it: flag the row.
         busy && noisy=1
@@ -474,7 +494,9 @@ for r in rows:
         runs = [x.split("/") for x in r[17].split(",")]
         print(f"- {r[1]}, {names[r[0]]}: " + ", ".join(f"{ms(p)} ({ms(lag)}; {n})" for p, lag, n in runs))
 print()
-print("A row marked ⚠ bad saw non-2xx answers or socket errors, ⚠ busy saw a cargo/rustc process "
-      "on the machine: do not trust either.")
+print("Every answer was checked: status 2xx and no socket error (wrk, loadgen), a JSON-RPC result "
+      "that is not a tool error (loadgen, every fixed-rate answer), and for coremcp no failed call "
+      "or non-200 answer in its own counters (/metrics) over the row. A row marked ⚠ bad failed one "
+      "of those checks, ⚠ busy saw a cargo/rustc process on the machine: do not trust either.")
 PY
 say "written to bench-results/latest.md"
