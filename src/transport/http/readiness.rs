@@ -143,8 +143,9 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Forgets earlier reports: call before the read whose `EAGAIN` leads to
-    /// [`readable`](Self::readable), so that bytes arriving after it are not missed.
+    /// Forgets earlier reports: call before every read that may be followed by
+    /// [`readable`](Self::readable) (one that found `EAGAIN`, or one that took
+    /// all the socket held), so that bytes arriving after it are not missed.
     pub fn clear(&self) {
         self.table.slots.borrow_mut()[self.key].ready = false;
     }
