@@ -35,12 +35,16 @@
 #   BENCH_BUILD [pgo]           coremcp's build: pgo (scripts/pgo.sh; falls back to
 #                               release, and says so, if llvm-profdata cannot be had)
 #                               or release (plain `cargo build --release`)
-#   BENCH_SERVERS [coremcp coremcp-release coremcp-nokeep rmcp hello coremcp2]
+#   BENCH_SERVERS [coremcp coremcp-release coremcp-spin coremcp-nokeep rmcp hello coremcp2]
 #                               coremcp-release: one shard, plain release build, for
 #                               comparison with the PGO build (skipped unless pgo)
+#                               coremcp-spin: one shard with --poll-spin-us
+#                               $BENCH_POLL_SPIN_US (tuning/low-latency.toml's
+#                               choice), measured at coremcp's fixed rate
 #                               coremcp-nokeep: one shard with the query_db answer
 #                               cache off (`[tools.query_db] cache = false`), so
 #                               every call runs SQLite as the peer does; query_db only
+#   BENCH_POLL_SPIN_US [100]    coremcp-spin's runtime.poll_spin_us
 #   BENCH_FIXED_GEN [loadgen]   fixed-rate generator: loadgen or oha
 #   BENCH_GEN_SPIN_US [1000]    loadgen's --spin-us: poll instead of sleeping when the
 #                               next request is due within this many µs (a timed
@@ -73,7 +77,8 @@ LOAD_CPU=${BENCH_LOAD_CPU:-0}
 SHARDS2_CPUS=${BENCH_SHARDS2_CPUS-0,1}
 FIXTURE=${BENCH_FIXTURE:-$REPO/target/bench-fixture}
 WORKLOADS=${BENCH_WORKLOADS:-read_file query_db search_code tools_list}
-SERVERS=${BENCH_SERVERS:-coremcp coremcp-release coremcp-nokeep rmcp hello coremcp2}
+SERVERS=${BENCH_SERVERS:-coremcp coremcp-release coremcp-spin coremcp-nokeep rmcp hello coremcp2}
+POLL_SPIN_US=${BENCH_POLL_SPIN_US:-100}
 BUILD=${BENCH_BUILD:-pgo}
 FIXED_GEN=${BENCH_FIXED_GEN:-loadgen}
 FIXED_RUNS=${BENCH_FIXED_RUNS:-3}
@@ -171,6 +176,7 @@ start_server() { # kind
     case $1 in
     coremcp) cmd=("$COREMCP" serve --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
     coremcp-release) cmd=("$COREMCP_RELEASE" serve --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
+    coremcp-spin) cmd=("$COREMCP" serve --poll-spin-us "$POLL_SPIN_US" --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
     coremcp-nokeep)
         printf '[tools.query_db]\ncache = false\n' >"$WORK/nokeep.toml"
         cmd=("$COREMCP" serve --config "$WORK/nokeep.toml" --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
@@ -410,9 +416,9 @@ done
 
 # ---------------------------------------------------------------- table
 mkdir -p bench-results
-python3 - "$RESULTS" "$PAIRS" "$PAIR_SECONDS" "$GEN_SPIN_US" "$SECONDS_PER_RUN" "$CONNS" "$SERVER_CPU" "$LOAD_CPU" "$SHARDS2_CPUS" "$QUIET" "$FIXED_GEN" "$FIXED_RUNS" "$BUILT" "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" <<'PY' | tee bench-results/latest.md
+python3 - "$RESULTS" "$PAIRS" "$PAIR_SECONDS" "$GEN_SPIN_US" "$SECONDS_PER_RUN" "$CONNS" "$SERVER_CPU" "$LOAD_CPU" "$SHARDS2_CPUS" "$QUIET" "$FIXED_GEN" "$FIXED_RUNS" "$BUILT" "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" "$POLL_SPIN_US" <<'PY' | tee bench-results/latest.md
 import sys, subprocess, datetime, platform
-path, pairs_path, pair_secs, spin_us, secs, conns, scpu, lcpu, cpus2, quiet, fixed_gen, fixed_runs, built, commit = sys.argv[1:]
+path, pairs_path, pair_secs, spin_us, secs, conns, scpu, lcpu, cpus2, quiet, fixed_gen, fixed_runs, built, commit, poll_spin = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
 R = {}
 for r in rows:
@@ -440,6 +446,8 @@ print(f"Loopback, {conns} connections, {secs} s per run after a 2 s warm-up; ser
       "own queueing (or, in a stall, no free connection), not the server's. The ceiling's row in each "
       "workload is measured at that workload's rate: the p99 this machine and generator allow there. "
       "RSS: peak (VmHWM) of the server process. "
+      f"poll_spin_us {poll_spin}: the same build with `--poll-spin-us {poll_spin}` (a shard looks for "
+      "the next request that long before it waits; its busy share includes the looking). "
       f"×ceiling: for coremcp (1 shard) the median ratio of the paired rounds below ({pair_secs} s "
       "runs back to back); for the other rows, req/s over the median of the ceiling's paired runs "
       "(or its row, where the workload had no pairs).\n")
@@ -458,9 +466,9 @@ def ceiling_of(w):
     return f(R[("hello", w)][2]) if ("hello", w) in R else None
 print("| workload | server | req/s | p50 | p99 | p99.9 | fixed rate | p50 @rate | p99 @rate | p99.9 @rate | busy @rate | gen @rate | lag @rate | peak RSS MiB | ×peer | ×ceiling |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-names = {"coremcp": "coremcp (1 shard)", "coremcp-release": "coremcp (1 shard, plain release build)", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
+names = {"coremcp": "coremcp (1 shard)", "coremcp-release": "coremcp (1 shard, plain release build)", "coremcp-spin": f"coremcp (1 shard, poll_spin_us {poll_spin})", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
 for w in dict.fromkeys(r[1] for r in rows):
-    for k in ("coremcp", "coremcp-release", "coremcp-nokeep", "rmcp", "coremcp2", "hello"):
+    for k in ("coremcp", "coremcp-release", "coremcp-spin", "coremcp-nokeep", "rmcp", "coremcp2", "hello"):
         r = R.get((k, w))
         if not r: continue
         rps = f(r[2]); bad = int(r[6]) + int(r[7]) + int(r[13] if r[13] != "-" else 0)

@@ -45,6 +45,21 @@ pub const DEFAULT_CONNECTION_LATENCY_MS: u64 = 1;
 pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
 /// Longest heartbeat period `runtime.heartbeat_ms` accepts.
 pub const MAX_HEARTBEAT_MS: u64 = 1_000;
+/// How long a shard's epoll pump keeps looking for requests, without waiting,
+/// after it last found one (`runtime.poll_spin_us`); 0 (the default) waits at
+/// once. A request that arrives within the window is taken by the next
+/// `epoll_wait` instead of through glommio's park and wake-up (an io_uring poll,
+/// a timer re-armed, a context switch), which on the 2-vCPU VM cost 54–61 µs
+/// of CPU per request at 10k req/s. Measured there (docs/performance.md item 40):
+/// 100 µs took p50 at a fixed rate from 0.04–0.07 ms to 0.011–0.021 ms at 10k
+/// to 68k req/s, and p99 fell in 12 of 18 interleaved pairs and rose in 6 (a
+/// spinning vCPU slows the other one on that host). A CPU spins for the whole
+/// window after every request: for isolated cores (tuning/BARE-METAL.md), off
+/// by default.
+pub const DEFAULT_POLL_SPIN_US: u64 = 0;
+/// Longest `runtime.poll_spin_us` accepted: past it a spinning shard just burns
+/// its CPU.
+pub const MAX_POLL_SPIN_US: u64 = 10_000;
 
 /// Bytes of request line plus headers; beyond it the answer is 431.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -189,6 +204,8 @@ pub struct Config {
     pub connection_latency: Duration,
     /// Period of each shard's heartbeat timer ([`DEFAULT_HEARTBEAT_MS`]).
     pub heartbeat: Duration,
+    /// How long the epoll pump looks again without waiting ([`DEFAULT_POLL_SPIN_US`]).
+    pub poll_spin: Duration,
     /// How long calls in flight may take to finish on SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
     /// Log level; `None` leaves the flag/environment/default choice alone.
@@ -297,6 +314,7 @@ impl Default for Config {
             preempt_timer: None,
             connection_latency: Duration::from_millis(DEFAULT_CONNECTION_LATENCY_MS),
             heartbeat: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
+            poll_spin: Duration::from_micros(DEFAULT_POLL_SPIN_US),
             shutdown_timeout: Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS),
             log_level: None,
             cache: CacheConfig::default(),

@@ -45,6 +45,9 @@ enum Command {
         /// Spin this many microseconds before a shard parks: lower latency at light load, more CPU.
         #[arg(long)]
         spin_before_park_us: Option<u64>,
+        /// After a request, keep looking for the next one this many microseconds before waiting: lower latency, a CPU spinning.
+        #[arg(long)]
+        poll_spin_us: Option<u64>,
         /// On SIGTERM/SIGINT, how long calls in flight may take to finish, in milliseconds.
         #[arg(long)]
         shutdown_timeout_ms: Option<u64>,
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
             allowed_hosts,
             allowed_origins,
             spin_before_park_us,
+            poll_spin_us,
             shutdown_timeout_ms,
         } => build(common).and_then(|mut cfg| {
             if let Some(l) = listen {
@@ -113,6 +117,13 @@ fn main() -> ExitCode {
             }
             if let Some(us) = spin_before_park_us {
                 cfg.spin_before_park = (us > 0).then(|| Duration::from_micros(us));
+            }
+            if let Some(us) = poll_spin_us {
+                let max = coremcp::config::MAX_POLL_SPIN_US;
+                if us > max {
+                    return Err(format!("--poll-spin-us: must be at most {max}"));
+                }
+                cfg.poll_spin = Duration::from_micros(us);
             }
             if let Some(ms) = shutdown_timeout_ms {
                 cfg.shutdown_timeout = Duration::from_millis(ms.max(1));

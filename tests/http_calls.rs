@@ -148,8 +148,23 @@ fn tool_errors_are_results_and_protocol_errors_are_errors() {
 
 #[test]
 fn a_call_past_its_deadline_ends_and_the_shard_keeps_serving_meanwhile() {
-    let (dir, db) = fixture("deadline");
-    let s = Server::start(&[
+    deadline_and_fast_calls("deadline", &[], 1);
+}
+
+/// With the epoll pump spinning between requests (`--poll-spin-us`, at its
+/// largest), timers still fire, other queues still run and every connection is
+/// still served: the spin yields instead of holding the shard.
+#[test]
+fn a_spinning_pump_still_lets_deadlines_fire_and_connections_run() {
+    let max = coremcp::config::MAX_POLL_SPIN_US.to_string();
+    deadline_and_fast_calls("deadline-spin", &["--poll-spin-us", &max], 20);
+}
+
+/// An endless query with a 1.5 s deadline on one connection, and `fast` quick
+/// calls meanwhile, one after another, on a second connection of the same shard.
+fn deadline_and_fast_calls(name: &str, extra: &[&str], fast_calls: u64) {
+    let (dir, db) = fixture(name);
+    let mut args = vec![
         "--shards",
         "1",
         "--root",
@@ -158,23 +173,32 @@ fn a_call_past_its_deadline_ends_and_the_shard_keeps_serving_meanwhile() {
         &db,
         "--timeout-ms",
         "1500",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let s = Server::start(&args);
     let (mut slow, sid) = s.session("2025-11-25");
     let h = [("mcp-session-id", sid.as_str())];
     slow.send_raw(&post_bytes(
         &h,
         &serde_json::to_vec(&call(1, "query_db", json!({"sql": ENDLESS}))).unwrap(),
     ));
-    // While the endless query runs, the same shard answers a fast call.
+    // While the endless query runs, the same shard answers fast calls.
     let mut fast = s.connect();
-    let r = fast
-        .post(
-            &h,
-            &call(2, "query_db", json!({"sql":"SELECT v FROM t WHERE id = 1"})),
-        )
-        .json();
-    assert_eq!(r["result"]["isError"], false);
-    assert!(!has_data(&slow), "the fast call was answered first");
+    for id in 2..2 + fast_calls {
+        let r = fast
+            .post(
+                &h,
+                &call(
+                    id,
+                    "query_db",
+                    json!({"sql":"SELECT v FROM t WHERE id = 1"}),
+                ),
+            )
+            .json();
+        assert_eq!(r["result"]["isError"], false, "{r}");
+        assert_eq!(r["result"]["structuredContent"]["rows"][0][0], "one", "{r}");
+    }
+    assert!(!has_data(&slow), "the fast calls were answered first");
     let r = slow.read_response().json();
     assert_eq!(r["result"]["isError"], true);
     assert!(

@@ -17,6 +17,7 @@ use toml::Spanned;
 
 use super::{
     resolve_database, resolve_root, set_limit_value, Config, ToolConfig, MAX_HEARTBEAT_MS,
+    MAX_POLL_SPIN_US,
 };
 use crate::log::Level;
 
@@ -48,6 +49,7 @@ struct RuntimeFile {
     preempt_timer_ms: Option<Spanned<u64>>,
     connection_latency_ms: Option<Spanned<u64>>,
     heartbeat_ms: Option<Spanned<u64>>,
+    poll_spin_us: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -229,6 +231,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
             }
             cfg.heartbeat = positive_ms(&src, &h, "runtime.heartbeat_ms")?;
         }
+        if let Some(s) = rt.poll_spin_us {
+            if *s.get_ref() > MAX_POLL_SPIN_US {
+                return Err(src.error(
+                    s.span(),
+                    "runtime.poll_spin_us",
+                    format!("must be at most {MAX_POLL_SPIN_US}"),
+                ));
+            }
+            cfg.poll_spin = Duration::from_micros(*s.get_ref());
+        }
     }
     for (name, value) in file.limits.unwrap_or_default() {
         set_limit_value(&mut cfg.limits, &name, *value.get_ref())
@@ -334,6 +346,11 @@ mod tests {
             e.starts_with("/etc/coremcp.toml:2: runtime.heartbeat_ms: must be greater than 0"),
             "{e}"
         );
+        let e = err("[runtime]\npoll_spin_us = 10001\n");
+        assert!(
+            e.contains(":2: runtime.poll_spin_us: must be at most 10000"),
+            "{e}"
+        );
         let e = err("[runtime]\nheartbeat_ms = 5000\n");
         assert!(
             e.contains(":2: runtime.heartbeat_ms: must be at most 1000"),
@@ -369,6 +386,7 @@ ring_depth = 256
 preempt_timer_ms = 10
 connection_latency_ms = 2
 heartbeat_ms = 5
+poll_spin_us = 100
 [limits]
 max_body_bytes = 1024
 idle_timeout = 500
@@ -395,6 +413,7 @@ timeout_ms = 100
         assert_eq!(cfg.preempt_timer, Some(Duration::from_millis(10)));
         assert_eq!(cfg.connection_latency, Duration::from_millis(2));
         assert_eq!(cfg.heartbeat, Duration::from_millis(5));
+        assert_eq!(cfg.poll_spin, Duration::from_micros(100));
         assert_eq!(cfg.limits.max_body_bytes, 1024);
         assert_eq!(cfg.limits.idle_timeout, Duration::from_millis(500));
         assert_eq!(cfg.cache.file_bytes, 1 << 20);

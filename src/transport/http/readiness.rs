@@ -23,6 +23,7 @@ use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use glommio::io::PollableFd;
 
@@ -31,7 +32,7 @@ use super::slots::Slots;
 /// Events taken from the epoll set per `epoll_wait`; more wait for the next pass.
 const EVENTS_PER_WAIT: usize = 256;
 /// Pause before the pump looks again after waiting on the set failed.
-const PUMP_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(1);
+const PUMP_ERROR_BACKOFF: Duration = Duration::from_millis(1);
 
 /// A shard's epoll set of connections, and who waits on each.
 pub struct Readiness {
@@ -90,14 +91,30 @@ impl Readiness {
     }
 
     /// Wakes the connections the set reports, for as long as the shard runs.
-    /// Waits through io_uring only when the set has nothing to report.
-    pub async fn pump(self: Rc<Self>) {
+    /// Waits through io_uring only when the set has nothing to report, and
+    /// has had nothing for `spin` (config::DEFAULT_POLL_SPIN_US): until then it
+    /// yields and looks again, so that a request arriving soon after the last
+    /// one skips glommio's park and wake-up.
+    pub async fn pump(self: Rc<Self>, spin: Duration) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
         let mut woken: Vec<Waker> = Vec::with_capacity(EVENTS_PER_WAIT);
+        // Read only when spinning: the clock is not free.
+        let mut last_found = Instant::now();
         loop {
             let n = self.collect(&mut events, &mut woken);
             // Woken outside any borrow: a woken task may run before this returns.
             woken.drain(..).for_each(Waker::wake);
+            if !spin.is_zero() {
+                if n > 0 {
+                    last_found = Instant::now();
+                } else if last_found.elapsed() < spin {
+                    // Yielding keeps the pump in glommio's run queue: the
+                    // connections it woke, and the other queues at the end of
+                    // the connections' slice, still get their turns.
+                    futures_lite::future::yield_now().await;
+                    continue;
+                }
+            }
             if n == 0 {
                 if let Err(e) = self.epoll.readable().await {
                     // Not expected while the set lives; do not spin on it.
