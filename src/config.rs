@@ -52,8 +52,9 @@ pub const MAX_HEARTBEAT_MS: u64 = 1_000;
 /// a timer re-armed, a context switch), which on the 2-vCPU VM cost 54–61 µs
 /// of CPU per request at 10k req/s. Measured there (docs/performance.md item 40):
 /// 100 µs took p50 at a fixed rate from 0.04–0.07 ms to 0.011–0.021 ms at 10k
-/// to 68k req/s, and p99 fell in 12 of 18 interleaved pairs and rose in 6 (a
-/// spinning vCPU slows the other one on that host). A CPU spins for the whole
+/// to 68k req/s; p99 fell in 12 of 18 interleaved pairs, but at the benchmark's
+/// half rates in only 7 of 15 (a spinning vCPU slows the other one on that
+/// host). A CPU spins for the whole
 /// window after every request: for isolated cores (tuning/BARE-METAL.md), off
 /// by default.
 pub const DEFAULT_POLL_SPIN_US: u64 = 0;
