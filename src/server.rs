@@ -377,7 +377,7 @@ pub fn start_heartbeat(period: Duration) {
         period > Duration::ZERO,
         "a zero period would spin the shard"
     );
-    let mut ladder = arm_ladder(period);
+    let mut ladder: [_; HEARTBEAT_RUNGS] = arm_ladder(period);
     glommio::spawn_local(async move {
         loop {
             // Only the first rung wakes this task; the others are there to
@@ -392,8 +392,9 @@ pub fn start_heartbeat(period: Duration) {
 /// Timers of the heartbeat's ladder ([`start_heartbeat`]).
 const HEARTBEAT_RUNGS: usize = 12;
 
-/// Timers due 1, 2, 4, … heartbeat periods from now, each already in the wheel.
-fn arm_ladder(period: Duration) -> [glommio::timer::Timer; HEARTBEAT_RUNGS] {
+/// `N` timers due 1, 2, 4, … periods from now, each already in the wheel: a
+/// parking shard arms a wake-up for the earliest ([`start_heartbeat`]).
+pub(crate) fn arm_ladder<const N: usize>(period: Duration) -> [glommio::timer::Timer; N] {
     use std::future::Future;
     use std::task::{Context, Waker};
     std::array::from_fn(|rung| {

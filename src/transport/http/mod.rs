@@ -64,7 +64,12 @@ pub async fn accept_loop(
     glommio::spawn_local(deadlines.clone().sweep()).detach();
     // The pump runs among the connections it wakes, so that it looks for more
     // only once those have had their turn.
-    spawn_connection(connections, readiness.clone().pump(shard.config.poll_spin));
+    spawn_connection(
+        connections,
+        readiness
+            .clone()
+            .pump(shard.config.poll_spin, shard.config.connection_latency),
+    );
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             stop.cancelled().await;

@@ -31,6 +31,10 @@ use super::slots::Slots;
 
 /// Events taken from the epoll set per `epoll_wait`; more wait for the next pass.
 const EVENTS_PER_WAIT: usize = 256;
+/// Timers of the load heartbeat ([`LoadHeartbeat`]): due after 1, 2 and 4
+/// connection slices, so that a shard parked again at once, or held off the
+/// CPU for a few slices, is still woken within a few slices.
+const LOAD_RUNGS: usize = 3;
 /// Pause before the pump looks again after waiting on the set failed.
 const PUMP_ERROR_BACKOFF: Duration = Duration::from_millis(1);
 
@@ -95,13 +99,21 @@ impl Readiness {
     /// has had nothing for `spin` (config::DEFAULT_POLL_SPIN_US): until then it
     /// yields and looks again, so that a request arriving soon after the last
     /// one skips glommio's park and wake-up.
-    pub async fn pump(self: Rc<Self>, spin: Duration) {
+    ///
+    /// `slice` is the connections' latency (config::DEFAULT_CONNECTION_LATENCY_MS):
+    /// while requests come in, a shard that parks with work to do is woken
+    /// within a few of them ([`LoadHeartbeat`]).
+    pub async fn pump(self: Rc<Self>, spin: Duration, slice: Duration) {
+        let mut heartbeat = LoadHeartbeat::new(slice);
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
         let mut woken: Vec<Waker> = Vec::with_capacity(EVENTS_PER_WAIT);
         // Read only when spinning: the clock is not free.
         let mut last_found = Instant::now();
         loop {
             let n = self.collect(&mut events, &mut woken);
+            if n > 0 {
+                heartbeat.beat();
+            }
             // Woken outside any borrow: a woken task may run before this returns.
             woken.drain(..).for_each(Waker::wake);
             if !spin.is_zero() {
@@ -149,6 +161,56 @@ impl Readiness {
             woken.extend(slot.waker.take());
         }
         n
+    }
+}
+
+/// Keeps a timer due within a few connection slices for as long as requests
+/// come in: glommio-ng's lost wakeup, under load.
+///
+/// glommio-ng 0.12 can park a shard with tasks runnable (`server::start_heartbeat`
+/// explains how); a parking shard arms a wake-up only for its earliest timer,
+/// and with no request able to arrive (every connection waits on an answer)
+/// nothing else wakes it. The idle heartbeat's ladder bounds that at 100 ms,
+/// which under load is the whole p99 (docs/performance.md, item 41). While the
+/// set reports requests, these rungs bound it at a slice or two.
+///
+/// The rungs are re-armed only when a report finds the first one fired, so a
+/// loaded shard arms [`LOAD_RUNGS`] timers per slice, and an idle one lets
+/// them run out once and then has none.
+struct LoadHeartbeat {
+    slice: Duration,
+    rungs: Option<[glommio::timer::Timer; LOAD_RUNGS]>,
+    /// How many times the rungs were armed.
+    arms: u64,
+}
+
+impl LoadHeartbeat {
+    fn new(slice: Duration) -> LoadHeartbeat {
+        assert!(
+            slice > Duration::ZERO,
+            "a zero slice would re-arm on every report"
+        );
+        LoadHeartbeat {
+            slice,
+            rungs: None,
+            arms: 0,
+        }
+    }
+
+    /// The set reported requests: make sure a wake-up is due soon.
+    fn beat(&mut self) {
+        let fired = match &mut self.rungs {
+            None => true,
+            Some(rungs) => {
+                let first = std::pin::Pin::new(&mut rungs[0]);
+                let mut cx = std::task::Context::from_waker(Waker::noop());
+                std::future::Future::poll(first, &mut cx).is_ready()
+            }
+        };
+        if fired {
+            self.rungs = Some(crate::server::arm_ladder(self.slice));
+            self.arms += 1;
+        }
     }
 }
 
@@ -289,6 +351,35 @@ mod tests {
             drop(b);
             assert_eq!(set.collect(&mut evs, &mut woken), 1);
             assert!(ready(&watch), "the read that follows sees the end");
+        });
+    }
+
+    /// The rungs are armed by the first report, left alone while the first is
+    /// pending, re-armed by a report once it has fired, and never armed
+    /// without one.
+    #[test]
+    fn the_load_heartbeat_rearms_only_when_requests_come() {
+        run(async {
+            // Long enough that the first rung cannot fire between two
+            // statements, short enough for a quick test.
+            let slice = Duration::from_millis(200);
+            let mut hb = LoadHeartbeat::new(slice);
+            assert_eq!(hb.arms, 0, "no rungs before any request");
+            hb.beat();
+            assert_eq!(hb.arms, 1, "the first report arms the rungs");
+            hb.beat();
+            assert_eq!(
+                hb.arms, 1,
+                "a report while the first rung is pending arms nothing"
+            );
+            // Armed after the first rung, with the same delay: it fires after it.
+            // No report meanwhile, so nothing was re-armed.
+            glommio::timer::sleep(slice).await;
+            assert_eq!(hb.arms, 1);
+            hb.beat();
+            assert_eq!(hb.arms, 2, "a report after the first rung fired re-arms");
+            hb.beat();
+            assert_eq!(hb.arms, 2);
         });
     }
 }
