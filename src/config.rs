@@ -54,13 +54,21 @@ pub const MAX_HEARTBEAT_MS: u64 = 1_000;
 /// 100 µs took p50 at a fixed rate from 0.04–0.07 ms to 0.011–0.021 ms at 10k
 /// to 68k req/s; p99 fell in 12 of 18 interleaved pairs, but at the benchmark's
 /// half rates in only 7 of 15 (a spinning vCPU slows the other one on that
-/// host). A CPU spins for the whole
-/// window after every request: for isolated cores (tuning/BARE-METAL.md), off
-/// by default.
+/// host). A CPU spins for the whole window after every request: for isolated
+/// cores (tuning/BARE-METAL.md), off by default.
 pub const DEFAULT_POLL_SPIN_US: u64 = 0;
 /// Longest `runtime.poll_spin_us` accepted: past it a spinning shard just burns
 /// its CPU.
 pub const MAX_POLL_SPIN_US: u64 = 10_000;
+
+/// The pump's spin from microseconds, as `--poll-spin-us` and
+/// `runtime.poll_spin_us` give it; the error says what is wrong with the value.
+pub fn poll_spin(us: u64) -> Result<Duration, String> {
+    if us > MAX_POLL_SPIN_US {
+        return Err(format!("must be at most {MAX_POLL_SPIN_US}"));
+    }
+    Ok(Duration::from_micros(us))
+}
 
 /// Bytes of request line plus headers; beyond it the answer is 431.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;

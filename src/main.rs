@@ -119,11 +119,8 @@ fn main() -> ExitCode {
                 cfg.spin_before_park = (us > 0).then(|| Duration::from_micros(us));
             }
             if let Some(us) = poll_spin_us {
-                let max = coremcp::config::MAX_POLL_SPIN_US;
-                if us > max {
-                    return Err(format!("--poll-spin-us: must be at most {max}"));
-                }
-                cfg.poll_spin = Duration::from_micros(us);
+                cfg.poll_spin =
+                    coremcp::config::poll_spin(us).map_err(|e| format!("--poll-spin-us: {e}"))?;
             }
             if let Some(ms) = shutdown_timeout_ms {
                 cfg.shutdown_timeout = Duration::from_millis(ms.max(1));

@@ -395,16 +395,23 @@ const HEARTBEAT_RUNGS: usize = 12;
 /// `N` timers due 1, 2, 4, … periods from now, each already in the wheel: a
 /// parking shard arms a wake-up for the earliest ([`start_heartbeat`]).
 pub(crate) fn arm_ladder<const N: usize>(period: Duration) -> [glommio::timer::Timer; N] {
-    use std::future::Future;
-    use std::task::{Context, Waker};
     std::array::from_fn(|rung| {
         let mut timer = glommio::timer::Timer::new(period * (1 << rung));
-        // Polling a timer is what puts it in the wheel; the executor wakes for
-        // it whoever waits. A rung already due (the thread was off the CPU
-        // since `new`) is simply not armed: a later one is.
-        let _ = std::pin::Pin::new(&mut timer).poll(&mut Context::from_waker(Waker::noop()));
+        // A rung already due (the thread was off the CPU since `new`) is simply
+        // not armed: a later one is.
+        let _ = poll_timer(&mut timer);
         timer
     })
+}
+
+/// Polls `timer` with no one to wake: the first poll is what puts a timer in
+/// the wheel (the executor wakes for it whoever waits). True once it has fired.
+pub(crate) fn poll_timer(timer: &mut glommio::timer::Timer) -> bool {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    std::pin::Pin::new(timer)
+        .poll(&mut Context::from_waker(Waker::noop()))
+        .is_ready()
 }
 
 /// Binds (without listening) a SO_REUSEPORT socket to resolve port 0 and hold the

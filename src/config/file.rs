@@ -17,7 +17,6 @@ use toml::Spanned;
 
 use super::{
     resolve_database, resolve_root, set_limit_value, Config, ToolConfig, MAX_HEARTBEAT_MS,
-    MAX_POLL_SPIN_US,
 };
 use crate::log::Level;
 
@@ -232,14 +231,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
             cfg.heartbeat = positive_ms(&src, &h, "runtime.heartbeat_ms")?;
         }
         if let Some(s) = rt.poll_spin_us {
-            if *s.get_ref() > MAX_POLL_SPIN_US {
-                return Err(src.error(
-                    s.span(),
-                    "runtime.poll_spin_us",
-                    format!("must be at most {MAX_POLL_SPIN_US}"),
-                ));
-            }
-            cfg.poll_spin = Duration::from_micros(*s.get_ref());
+            cfg.poll_spin = super::poll_spin(*s.get_ref())
+                .map_err(|e| src.error(s.span(), "runtime.poll_spin_us", e))?;
         }
     }
     for (name, value) in file.limits.unwrap_or_default() {

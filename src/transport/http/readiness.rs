@@ -201,11 +201,7 @@ impl LoadHeartbeat {
     fn beat(&mut self) {
         let fired = match &mut self.rungs {
             None => true,
-            Some(rungs) => {
-                let first = std::pin::Pin::new(&mut rungs[0]);
-                let mut cx = std::task::Context::from_waker(Waker::noop());
-                std::future::Future::poll(first, &mut cx).is_ready()
-            }
+            Some(rungs) => crate::server::poll_timer(&mut rungs[0]),
         };
         if fired {
             self.rungs = Some(crate::server::arm_ladder(self.slice));
