@@ -48,6 +48,9 @@ enum Command {
         /// After a request, keep looking for the next one this many microseconds before waiting: lower latency, a CPU spinning.
         #[arg(long)]
         poll_spin_us: Option<u64>,
+        /// After a request, wait this many microseconds in epoll for the next one before parking (0: park at once).
+        #[arg(long)]
+        poll_wait_us: Option<u64>,
         /// On SIGTERM/SIGINT, how long calls in flight may take to finish, in milliseconds.
         #[arg(long)]
         shutdown_timeout_ms: Option<u64>,
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
             allowed_origins,
             spin_before_park_us,
             poll_spin_us,
+            poll_wait_us,
             shutdown_timeout_ms,
         } => build(common).and_then(|mut cfg| {
             if let Some(l) = listen {
@@ -119,8 +123,12 @@ fn main() -> ExitCode {
                 cfg.spin_before_park = (us > 0).then(|| Duration::from_micros(us));
             }
             if let Some(us) = poll_spin_us {
-                cfg.poll_spin =
-                    coremcp::config::poll_spin(us).map_err(|e| format!("--poll-spin-us: {e}"))?;
+                cfg.poll_spin = config::pump_window(us, config::MAX_POLL_SPIN_US)
+                    .map_err(|e| format!("--poll-spin-us: {e}"))?;
+            }
+            if let Some(us) = poll_wait_us {
+                cfg.poll_wait = config::pump_window(us, config::MAX_POLL_WAIT_US)
+                    .map_err(|e| format!("--poll-wait-us: {e}"))?;
             }
             if let Some(ms) = shutdown_timeout_ms {
                 cfg.shutdown_timeout = Duration::from_millis(ms.max(1));

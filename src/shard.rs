@@ -93,3 +93,79 @@ impl Shard {
         }
     }
 }
+
+thread_local! {
+    /// How many of this thread's tasks wait on something only glommio's rings
+    /// report: a job on the blocking pool, a socket turning writable.
+    static ELSEWHERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Held while a task of this shard waits on glommio for something other than a
+/// request: the epoll pump then parks through glommio instead of waiting in
+/// `epoll_pwait2`, which glommio's completions cannot interrupt
+/// (config::DEFAULT_POLL_WAIT_US). Cheap enough to hold around every write: a
+/// write that completes at once takes and drops it before the pump can look.
+pub struct Elsewhere(());
+
+impl Elsewhere {
+    pub fn enter() -> Elsewhere {
+        ELSEWHERE.with(|n| n.set(n.get() + 1));
+        Elsewhere(())
+    }
+}
+
+impl Drop for Elsewhere {
+    fn drop(&mut self) {
+        ELSEWHERE.with(|n| {
+            assert!(n.get() > 0, "an Elsewhere dropped twice");
+            n.set(n.get() - 1)
+        });
+    }
+}
+
+/// Whether any task of this shard holds an [`Elsewhere`].
+pub fn waiting_elsewhere() -> bool {
+    ELSEWHERE.with(|n| n.get() > 0)
+}
+
+/// Runs `work` on glommio's blocking pool, holding an [`Elsewhere`] until its
+/// answer is back, so that the epoll pump does not sleep through the answer.
+/// Every hand-off to another thread goes through here.
+pub async fn offload<F, T>(work: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let _away = Elsewhere::enter();
+    glommio::executor().spawn_blocking(work).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offload_counts_as_elsewhere_until_its_answer_is_back() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                assert!(!waiting_elsewhere());
+                let (tx, rx) = std::sync::mpsc::channel::<()>();
+                let job = glommio::spawn_local(offload(move || rx.recv().is_ok()));
+                // The job is out until the channel lets it finish.
+                glommio::executor().yield_task_queue_now().await;
+                assert!(waiting_elsewhere());
+                tx.send(()).unwrap();
+                assert!(job.await);
+                assert!(!waiting_elsewhere());
+                {
+                    let _a = Elsewhere::enter();
+                    let _b = Elsewhere::enter();
+                    assert!(waiting_elsewhere());
+                }
+                assert!(!waiting_elsewhere());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}

@@ -160,6 +160,44 @@ fn a_spinning_pump_still_lets_deadlines_fire_and_connections_run() {
     deadline_and_fast_calls("deadline-spin", &["--poll-spin-us", &max], 20);
 }
 
+/// With the pump waiting in the kernel between requests (`--poll-wait-us`, at
+/// its largest), a call that runs on another thread is still answered at its
+/// deadline and the shard still serves a second connection meanwhile: the pump
+/// does not sleep while a task waits on glommio for something else.
+#[test]
+fn a_pump_waiting_in_the_kernel_still_answers_offloaded_calls() {
+    let max = coremcp::config::MAX_POLL_WAIT_US.to_string();
+    deadline_and_fast_calls("deadline-wait", &["--poll-wait-us", &max], 20);
+}
+
+/// With the pump waiting in the kernel after every request, a timer still
+/// fires while another client keeps the shard busy with requests: the slow
+/// client's header deadline passes and it is answered 408.
+#[test]
+fn a_pump_waiting_in_the_kernel_still_fires_timers_under_requests() {
+    let max = coremcp::config::MAX_POLL_WAIT_US.to_string();
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--poll-wait-us",
+        &max,
+        "--limit",
+        "header_timeout=300",
+    ]);
+    let mut slow = s.connect();
+    slow.send_raw(b"POST /mcp HTTP/1.1\r\nhost: localhost\r\n");
+    let mut fast = s.connect();
+    let mut served = 0u64;
+    // Bounded: at well under a millisecond per request this is minutes.
+    while !has_data(&slow) {
+        assert_eq!(fast.request("GET", "/healthz", &[], b"").status, 200);
+        served += 1;
+        assert!(served < 1_000_000, "the header deadline never fired");
+    }
+    assert_eq!(slow.read_response().status, 408);
+    assert!(slow.closed());
+}
+
 /// An endless query with a 1.5 s deadline on one connection, and `fast` quick
 /// calls meanwhile, one after another, on a second connection of the same shard.
 fn deadline_and_fast_calls(name: &str, extra: &[&str], fast_calls: u64) {

@@ -49,6 +49,7 @@ struct RuntimeFile {
     connection_latency_ms: Option<Spanned<u64>>,
     heartbeat_ms: Option<Spanned<u64>>,
     poll_spin_us: Option<Spanned<u64>>,
+    poll_wait_us: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -231,8 +232,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
             cfg.heartbeat = positive_ms(&src, &h, "runtime.heartbeat_ms")?;
         }
         if let Some(s) = rt.poll_spin_us {
-            cfg.poll_spin = super::poll_spin(*s.get_ref())
+            cfg.poll_spin = super::pump_window(*s.get_ref(), super::MAX_POLL_SPIN_US)
                 .map_err(|e| src.error(s.span(), "runtime.poll_spin_us", e))?;
+        }
+        if let Some(w) = rt.poll_wait_us {
+            cfg.poll_wait = super::pump_window(*w.get_ref(), super::MAX_POLL_WAIT_US)
+                .map_err(|e| src.error(w.span(), "runtime.poll_wait_us", e))?;
         }
     }
     for (name, value) in file.limits.unwrap_or_default() {
@@ -344,6 +349,11 @@ mod tests {
             e.contains(":2: runtime.poll_spin_us: must be at most 10000"),
             "{e}"
         );
+        let e = err("[runtime]\npoll_wait_us = 10001\n");
+        assert!(
+            e.contains(":2: runtime.poll_wait_us: must be at most 10000"),
+            "{e}"
+        );
         let e = err("[runtime]\nheartbeat_ms = 5000\n");
         assert!(
             e.contains(":2: runtime.heartbeat_ms: must be at most 1000"),
@@ -380,6 +390,7 @@ preempt_timer_ms = 10
 connection_latency_ms = 2
 heartbeat_ms = 5
 poll_spin_us = 100
+poll_wait_us = 250
 [limits]
 max_body_bytes = 1024
 idle_timeout = 500
@@ -407,6 +418,7 @@ timeout_ms = 100
         assert_eq!(cfg.connection_latency, Duration::from_millis(2));
         assert_eq!(cfg.heartbeat, Duration::from_millis(5));
         assert_eq!(cfg.poll_spin, Duration::from_micros(100));
+        assert_eq!(cfg.poll_wait, Duration::from_micros(250));
         assert_eq!(cfg.limits.max_body_bytes, 1024);
         assert_eq!(cfg.limits.idle_timeout, Duration::from_millis(500));
         assert_eq!(cfg.cache.file_bytes, 1 << 20);

@@ -256,18 +256,17 @@ impl Db {
     {
         let limits = limits.clone();
         let flag = abandoned.0.clone();
-        let (conn, outcome) = glommio::executor()
-            .spawn_blocking(move || {
-                let wait = limits
-                    .deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(MAX_BUSY_WAIT);
-                let _ = conn.conn.busy_timeout(wait);
-                let (outcome, _) = watched(&mut conn, &limits, None, &flag, &work);
-                let _ = conn.conn.busy_timeout(Duration::ZERO);
-                (conn, outcome)
-            })
-            .await;
+        let (conn, outcome) = crate::shard::offload(move || {
+            let wait = limits
+                .deadline
+                .saturating_duration_since(Instant::now())
+                .min(MAX_BUSY_WAIT);
+            let _ = conn.conn.busy_timeout(wait);
+            let (outcome, _) = watched(&mut conn, &limits, None, &flag, &work);
+            let _ = conn.conn.busy_timeout(Duration::ZERO);
+            (conn, outcome)
+        })
+        .await;
         self.put(conn);
         outcome
     }

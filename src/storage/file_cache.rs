@@ -342,9 +342,7 @@ impl FileCache {
             load(path)
         } else {
             let owned = path.to_path_buf();
-            glommio::executor()
-                .spawn_blocking(move || load(&owned))
-                .await
+            crate::shard::offload(move || load(&owned)).await
         }
         .map_err(FileError::from_io)?;
         let file = Rc::new(CachedFile::new(loaded.bytes, loaded.fingerprint));

@@ -220,9 +220,7 @@ impl TreeCache {
         if !use_cache {
             let (dir, root, now) = (dir.to_path_buf(), root.to_path_buf(), self.now_ns.get());
             self.count(true);
-            return glommio::executor()
-                .spawn_blocking(move || Arc::new(Tree::walk(&dir, &root, now)))
-                .await;
+            return crate::shard::offload(move || Arc::new(Tree::walk(&dir, &root, now))).await;
         }
         let cached = self.trees.borrow().get(dir).map(|(t, _)| t.clone());
         let small = cached
@@ -235,12 +233,11 @@ impl TreeCache {
             }
             cached => {
                 let (dir, root, now) = (dir.to_path_buf(), root.to_path_buf(), self.now_ns.get());
-                let (walked, t) = glommio::executor()
-                    .spawn_blocking(move || match cached {
-                        Some(t) if !small && t.is_fresh() => (false, t),
-                        _ => (true, Arc::new(Tree::walk(&dir, &root, now))),
-                    })
-                    .await;
+                let (walked, t) = crate::shard::offload(move || match cached {
+                    Some(t) if !small && t.is_fresh() => (false, t),
+                    _ => (true, Arc::new(Tree::walk(&dir, &root, now))),
+                })
+                .await;
                 self.count(walked);
                 t
             }

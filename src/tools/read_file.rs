@@ -249,50 +249,49 @@ async fn read_huge(
     let wanted = limit.unwrap_or(usize::MAX);
     let real = path.real.clone();
     let display = &path.display;
-    let window = glommio::executor()
-        .spawn_blocking(move || -> Result<(Vec<u8>, usize, bool, bool), String> {
-            let file = std::fs::File::open(&real).map_err(|e| e.to_string())?;
-            let mut reader = std::io::BufReader::with_capacity(HUGE_READ_BUFFER, file);
-            let sniff = reader.fill_buf().map_err(|e| e.to_string())?;
-            if memchr::memchr(0, &sniff[..sniff.len().min(BINARY_SNIFF_BYTES)]).is_some() {
-                return Err("binary".into());
+    let window = crate::shard::offload(move || -> Result<(Vec<u8>, usize, bool, bool), String> {
+        let file = std::fs::File::open(&real).map_err(|e| e.to_string())?;
+        let mut reader = std::io::BufReader::with_capacity(HUGE_READ_BUFFER, file);
+        let sniff = reader.fill_buf().map_err(|e| e.to_string())?;
+        if memchr::memchr(0, &sniff[..sniff.len().min(BINARY_SNIFF_BYTES)]).is_some() {
+            return Err("binary".into());
+        }
+        let (mut line, mut taken, mut text) = (1usize, 0usize, Vec::new());
+        let mut truncated = false;
+        let mut buf = Vec::new();
+        loop {
+            if line % HUGE_CHECK_EVERY_LINES == 0
+                && (std::time::Instant::now() >= deadline
+                    || cancel.load(std::sync::atomic::Ordering::Acquire))
+            {
+                return Err("deadline".into());
             }
-            let (mut line, mut taken, mut text) = (1usize, 0usize, Vec::new());
-            let mut truncated = false;
-            let mut buf = Vec::new();
-            loop {
-                if line % HUGE_CHECK_EVERY_LINES == 0
-                    && (std::time::Instant::now() >= deadline
-                        || cancel.load(std::sync::atomic::Ordering::Acquire))
-                {
-                    return Err("deadline".into());
-                }
-                buf.clear();
-                let n = reader
-                    .read_until(b'\n', &mut buf)
-                    .map_err(|e| e.to_string())?;
-                if n == 0 {
-                    return Ok((text, line - 1, truncated, true));
-                }
-                if line >= offset {
-                    if taken == wanted {
-                        return Ok((text, line - 1, truncated, false));
-                    }
-                    if text.len() + buf.len() > cap {
-                        truncated = true;
-                        if taken == 0 {
-                            text.extend_from_slice(&buf[..cap]);
-                            line += 1;
-                        }
-                        return Ok((text, line - 1, truncated, false));
-                    }
-                    text.extend_from_slice(&buf);
-                    taken += 1;
-                }
-                line += 1;
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Ok((text, line - 1, truncated, true));
             }
-        })
-        .await;
+            if line >= offset {
+                if taken == wanted {
+                    return Ok((text, line - 1, truncated, false));
+                }
+                if text.len() + buf.len() > cap {
+                    truncated = true;
+                    if taken == 0 {
+                        text.extend_from_slice(&buf[..cap]);
+                        line += 1;
+                    }
+                    return Ok((text, line - 1, truncated, false));
+                }
+                text.extend_from_slice(&buf);
+                taken += 1;
+            }
+            line += 1;
+        }
+    })
+    .await;
     let (bytes, last, truncated, at_end) = match window {
         Ok(w) => w,
         Err(why) if why == "binary" => {

@@ -80,13 +80,12 @@ async fn run(config: Arc<Config>) -> Result<(), String> {
         let r = reader
             .take()
             .expect("the reader is returned after every line");
-        let (line, r) = glommio::executor()
-            .spawn_blocking(move || {
-                let mut r = r;
-                let line = read_line(&mut r, max_line);
-                (line, r)
-            })
-            .await;
+        let (line, r) = crate::shard::offload(move || {
+            let mut r = r;
+            let line = read_line(&mut r, max_line);
+            (line, r)
+        })
+        .await;
         reader = Some(r);
         let line = match line {
             Line::Eof => break,

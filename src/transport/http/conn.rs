@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 
 use super::deadlines::Registration;
@@ -494,7 +494,7 @@ impl Conn {
     /// Writes the queued answers (`wbuf[wstart..]`) and empties the buffer.
     async fn write_queued(&mut self) -> std::io::Result<()> {
         let r = if self.wbuf.len() > self.wstart {
-            self.stream.write_all(&self.wbuf[self.wstart..]).await
+            super::send_all(&mut self.stream, &self.wbuf[self.wstart..]).await
         } else {
             Ok(())
         };

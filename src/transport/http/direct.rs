@@ -20,7 +20,6 @@
 use std::cell::Cell;
 use std::io;
 
-use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use serde_json::{json, Map, Value};
 
@@ -267,7 +266,7 @@ pub async fn stream_ndjson(
     let mut head = Vec::with_capacity(192);
     frame::write_stream_head(&mut head, "application/x-ndjson", keep_alive);
     shard.m().status(200);
-    stream.write_all(&head).await?;
+    super::send_all(stream, &head).await?;
 
     let (sink, rx) = ItemSink::new(limits.stream_queue_items, limits.max_stream_items);
     let chunk_bytes = limits.stream_chunk_bytes;
@@ -334,12 +333,12 @@ pub async fn stream_ndjson(
     let mut buf = serde_json::to_vec(&Value::Object(last)).expect("serialising cannot fail");
     buf.push(b'\n');
     write_chunk(stream, &buf).await?;
-    stream.write_all(frame::LAST_CHUNK).await?;
+    super::send_all(stream, frame::LAST_CHUNK).await?;
     Ok(keep_alive)
 }
 
 async fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
     let mut framed = Vec::with_capacity(data.len() + 12);
     frame::write_chunk(&mut framed, &[data]);
-    stream.write_all(&framed).await
+    super::send_all(stream, &framed).await
 }

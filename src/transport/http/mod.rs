@@ -66,9 +66,11 @@ pub async fn accept_loop(
     // only once those have had their turn.
     spawn_connection(
         connections,
-        readiness
-            .clone()
-            .pump(shard.config.poll_spin, shard.config.connection_latency),
+        readiness.clone().pump(
+            shard.config.poll_spin,
+            shard.config.poll_wait,
+            shard.config.connection_latency,
+        ),
     );
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -132,7 +134,7 @@ fn refuse_connection(
     route::write_plain_error(&mut out, 503, &why, false, &[]);
     shard.m().status(503);
     spawn_connection(queue, async move {
-        let _ = stream.write_all(&out).await;
+        let _ = send_all(&mut stream, &out).await;
     });
 }
 
@@ -144,4 +146,15 @@ fn spawn_connection(
     glommio::spawn_local_into(future, queue)
         .expect("the connections' queue is created before the first accept and never removed")
         .detach();
+}
+
+/// Writes all of `bytes` to a client. A write the socket cannot take at once
+/// waits on glommio for room: it holds a [`crate::shard::Elsewhere`] so that the
+/// epoll pump does not sleep through that (config::DEFAULT_POLL_WAIT_US).
+pub(crate) async fn send_all(
+    stream: &mut glommio::net::TcpStream,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let _away = crate::shard::Elsewhere::enter();
+    stream.write_all(bytes).await
 }

@@ -18,6 +18,11 @@
 //! read_file the shard went from 92–97 % to 78–88 % busy and rescheduling IPIs
 //! from 0.21 to 0.06 per request; at 45k req/s of query_db from 96–98 % to
 //! 85–86 % busy; closed-loop throughput was the same or higher.
+//!
+//! Right after requests, the pump waits for the next one in `epoll_pwait2`
+//! itself, for a bounded time, before it parks through io_uring: a shard at a
+//! moderate rate then sleeps and wakes like any epoll server, without glommio's
+//! per-park timer and ring work (config::DEFAULT_POLL_WAIT_US).
 
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -95,38 +100,56 @@ impl Readiness {
     }
 
     /// Wakes the connections the set reports, for as long as the shard runs.
-    /// Waits through io_uring only when the set has nothing to report, and
-    /// has had nothing for `spin` (config::DEFAULT_POLL_SPIN_US): until then it
-    /// yields and looks again, so that a request arriving soon after the last
-    /// one skips glommio's park and wake-up.
     ///
-    /// `slice` is the connections' latency (config::DEFAULT_CONNECTION_LATENCY_MS):
-    /// while requests come in, a shard that parks with work to do is woken
-    /// within a few of them ([`LoadHeartbeat`]).
-    pub async fn pump(self: Rc<Self>, spin: Duration, slice: Duration) {
+    /// After a look that found requests, and once the connections it woke have
+    /// run, the pump looks again:
+    /// - for `spin` (config::DEFAULT_POLL_SPIN_US) since the last request it
+    ///   found, without waiting, yielding in between;
+    /// - then once more, waiting in the kernel for up to `wait`
+    ///   (config::DEFAULT_POLL_WAIT_US), unless a task is waiting on glommio for
+    ///   something else ([`crate::shard::waiting_elsewhere`]): glommio's rings
+    ///   are not looked at while the thread sleeps in `epoll_pwait2`;
+    /// - and only then through io_uring, where glommio parks the shard.
+    ///
+    /// So a request arriving soon after the last one skips glommio's park and
+    /// wake-up. `slice` is the connections' latency
+    /// (config::DEFAULT_CONNECTION_LATENCY_MS): while requests come in, a shard
+    /// that parks with work to do is woken within a few of them
+    /// ([`LoadHeartbeat`]).
+    pub async fn pump(self: Rc<Self>, spin: Duration, wait: Duration, slice: Duration) {
         let mut heartbeat = LoadHeartbeat::new(slice);
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
         let mut woken: Vec<Waker> = Vec::with_capacity(EVENTS_PER_WAIT);
         // Read only when spinning: the clock is not free.
         let mut last_found = Instant::now();
+        // The previous look found requests: the next empty one may wait in the kernel.
+        let mut after_requests = false;
         loop {
-            let n = self.collect(&mut events, &mut woken);
+            let mut n = self.collect(&mut events, &mut woken, Duration::ZERO);
+            if n == 0 && !spin.is_zero() && last_found.elapsed() < spin {
+                // Yielding keeps the pump in glommio's run queue: the
+                // connections it woke, and the other queues at the end of
+                // the connections' slice, still get their turns.
+                futures_lite::future::yield_now().await;
+                continue;
+            }
+            if n == 0 && after_requests && !wait.is_zero() {
+                // Tasks that the connections woke as they ran are queued
+                // behind the pump: let them run before the thread sleeps.
+                futures_lite::future::yield_now().await;
+                if !crate::shard::waiting_elsewhere() {
+                    n = self.collect(&mut events, &mut woken, wait);
+                }
+            }
+            after_requests = n > 0;
             if n > 0 {
                 heartbeat.beat();
+                if !spin.is_zero() {
+                    last_found = Instant::now();
+                }
             }
             // Woken outside any borrow: a woken task may run before this returns.
             woken.drain(..).for_each(Waker::wake);
-            if !spin.is_zero() {
-                if n > 0 {
-                    last_found = Instant::now();
-                } else if last_found.elapsed() < spin {
-                    // Yielding keeps the pump in glommio's run queue: the
-                    // connections it woke, and the other queues at the end of
-                    // the connections' slice, still get their turns.
-                    futures_lite::future::yield_now().await;
-                    continue;
-                }
-            }
             if n == 0 {
                 if let Err(e) = self.epoll.readable().await {
                     // Not expected while the set lives; do not spin on it.
@@ -140,18 +163,38 @@ impl Readiness {
         }
     }
 
-    /// Takes what the set reports without blocking: marks those connections
-    /// ready and hands back the wakers of those that wait. Returns how many
-    /// sockets were reported (0 also on `EINTR`).
-    fn collect(&self, events: &mut [libc::epoll_event], woken: &mut Vec<Waker>) -> usize {
-        // SAFETY: `events` has room for as many entries as the kernel is told.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.raw(),
-                events.as_mut_ptr(),
-                events.len().min(i32::MAX as usize) as i32,
-                0,
-            )
+    /// Takes what the set reports, waiting up to `wait` in the kernel if it has
+    /// nothing yet: marks those connections ready and hands back the wakers of
+    /// those that wait. Returns how many sockets were reported (0 also on
+    /// `EINTR`).
+    fn collect(
+        &self,
+        events: &mut [libc::epoll_event],
+        woken: &mut Vec<Waker>,
+        wait: Duration,
+    ) -> usize {
+        let len = events.len().min(i32::MAX as usize) as i32;
+        let n = if wait.is_zero() {
+            // SAFETY: `events` has room for as many entries as the kernel is told.
+            unsafe { libc::epoll_wait(self.raw(), events.as_mut_ptr(), len, 0) }
+        } else {
+            let timeout = libc::timespec {
+                tv_sec: wait.as_secs() as libc::time_t,
+                tv_nsec: wait.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: as above; `timeout` lives for the call, and a null
+            // sigmask leaves the mask alone. A kernel before 5.11 answers
+            // ENOSYS, which reads as nothing found: the pump then parks as it
+            // would without the wait.
+            unsafe {
+                libc::epoll_pwait2(
+                    self.raw(),
+                    events.as_mut_ptr(),
+                    len,
+                    &timeout,
+                    std::ptr::null(),
+                )
+            }
         };
         let n = n.max(0) as usize;
         let mut slots = self.slots.borrow_mut();
@@ -291,10 +334,10 @@ mod tests {
             let (mut evs, mut woken) = (events(), Vec::new());
             watch.clear();
             assert!(!ready(&watch), "nothing was sent");
-            assert_eq!(set.collect(&mut evs, &mut woken), 0);
+            assert_eq!(set.collect(&mut evs, &mut woken, Duration::ZERO), 0);
             // The readable() above left its waker in the slot.
             b.write_all(b"x").unwrap();
-            assert_eq!(set.collect(&mut evs, &mut woken), 1);
+            assert_eq!(set.collect(&mut evs, &mut woken, Duration::ZERO), 1);
             assert_eq!(woken.len(), 1, "the waiting task is woken");
             assert!(ready(&watch));
         });
@@ -306,15 +349,15 @@ mod tests {
             let (set, watch, _a, mut b) = watched();
             let (mut evs, mut woken) = (events(), Vec::new());
             b.write_all(b"x").unwrap();
-            assert_eq!(set.collect(&mut evs, &mut woken), 1);
+            assert_eq!(set.collect(&mut evs, &mut woken, Duration::ZERO), 1);
             assert!(woken.is_empty(), "nobody was waiting");
             watch.clear();
             assert!(!ready(&watch), "the report came before the clear");
             // Edge-triggered: the bytes already there are not reported again...
-            assert_eq!(set.collect(&mut evs, &mut woken), 0);
+            assert_eq!(set.collect(&mut evs, &mut woken, Duration::ZERO), 0);
             // ...but new ones are.
             b.write_all(b"y").unwrap();
-            assert_eq!(set.collect(&mut evs, &mut woken), 1);
+            assert_eq!(set.collect(&mut evs, &mut woken, Duration::ZERO), 1);
             assert!(ready(&watch));
         });
     }
@@ -329,11 +372,15 @@ mod tests {
             let first = set.watch(a.as_raw_fd()).unwrap();
             b.write_all(b"x").unwrap();
             drop(first);
-            assert_eq!(set.collect(&mut evs, &mut woken), 0, "left the set");
+            assert_eq!(
+                set.collect(&mut evs, &mut woken, Duration::ZERO),
+                0,
+                "left the set"
+            );
             let second = set.watch(c.as_raw_fd()).unwrap();
             assert_eq!(second.key, 0, "the slot is reused");
             b.write_all(b"y").unwrap();
-            assert_eq!(set.collect(&mut evs, &mut woken), 0);
+            assert_eq!(set.collect(&mut evs, &mut woken, Duration::ZERO), 0);
             assert!(!ready(&second));
         });
     }
@@ -345,7 +392,7 @@ mod tests {
             let (mut evs, mut woken) = (events(), Vec::new());
             watch.clear();
             drop(b);
-            assert_eq!(set.collect(&mut evs, &mut woken), 1);
+            assert_eq!(set.collect(&mut evs, &mut woken, Duration::ZERO), 1);
             assert!(ready(&watch), "the read that follows sees the end");
         });
     }

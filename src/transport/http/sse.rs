@@ -6,7 +6,6 @@
 
 use std::io;
 
-use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use super::frame;
@@ -34,7 +33,7 @@ impl AsyncEmit for Events<'_> {
         self.frame.extend_from_slice(message);
         self.frame.extend_from_slice(EVENT_SUFFIX);
         self.frame.extend_from_slice(b"\r\n");
-        self.stream.write_all(&self.frame).await
+        super::send_all(self.stream, &self.frame).await
     }
 }
 
@@ -48,12 +47,12 @@ pub async fn stream_progress(
     let mut head = Vec::with_capacity(192);
     frame::write_stream_head(&mut head, "text/event-stream", keep_alive);
     shard.m().status(200);
-    stream.write_all(&head).await?;
+    super::send_all(stream, &head).await?;
     let mut events = Events {
         stream,
         frame: Vec::new(),
     };
     dispatch::call_with_progress(shard, job, &mut events).await?;
-    events.stream.write_all(frame::LAST_CHUNK).await?;
+    super::send_all(events.stream, frame::LAST_CHUNK).await?;
     Ok(keep_alive)
 }
