@@ -35,12 +35,15 @@
 #   BENCH_BUILD [pgo]           coremcp's build: pgo (scripts/pgo.sh; falls back to
 #                               release, and says so, if llvm-profdata cannot be had)
 #                               or release (plain `cargo build --release`)
-#   BENCH_SERVERS [coremcp coremcp-release coremcp-spin coremcp-nokeep rmcp hello coremcp2]
+#   BENCH_SERVERS [coremcp coremcp-release coremcp-spin coremcp-nowait coremcp-nokeep rmcp hello coremcp2]
 #                               coremcp-release: one shard, plain release build, for
 #                               comparison with the PGO build (skipped unless pgo)
 #                               coremcp-spin: one shard with --poll-spin-us
 #                               $BENCH_POLL_SPIN_US (tuning/low-latency.toml's
 #                               choice), measured at coremcp's fixed rate
+#                               coremcp-nowait: one shard with --poll-wait-us 0 (the
+#                               pump parks through io_uring as soon as it finds
+#                               nothing: the default before session 14)
 #                               coremcp-nokeep: one shard with the query_db answer
 #                               cache off (`[tools.query_db] cache = false`), so
 #                               every call runs SQLite as the peer does; query_db only
@@ -77,7 +80,7 @@ LOAD_CPU=${BENCH_LOAD_CPU:-0}
 SHARDS2_CPUS=${BENCH_SHARDS2_CPUS-0,1}
 FIXTURE=${BENCH_FIXTURE:-$REPO/target/bench-fixture}
 WORKLOADS=${BENCH_WORKLOADS:-read_file query_db search_code tools_list}
-SERVERS=${BENCH_SERVERS:-coremcp coremcp-release coremcp-spin coremcp-nokeep rmcp hello coremcp2}
+SERVERS=${BENCH_SERVERS:-coremcp coremcp-release coremcp-spin coremcp-nowait coremcp-nokeep rmcp hello coremcp2}
 POLL_SPIN_US=${BENCH_POLL_SPIN_US:-100}
 BUILD=${BENCH_BUILD:-pgo}
 FIXED_GEN=${BENCH_FIXED_GEN:-loadgen}
@@ -177,6 +180,7 @@ start_server() { # kind
     coremcp) cmd=("$COREMCP" serve --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
     coremcp-release) cmd=("$COREMCP_RELEASE" serve --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
     coremcp-spin) cmd=("$COREMCP" serve --poll-spin-us "$POLL_SPIN_US" --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
+    coremcp-nowait) cmd=("$COREMCP" serve --poll-wait-us 0 --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
     coremcp-nokeep)
         printf '[tools.query_db]\ncache = false\n' >"$WORK/nokeep.toml"
         cmd=("$COREMCP" serve --config "$WORK/nokeep.toml" --listen "127.0.0.1:$PORT" --shards 1 --cpus "$SERVER_CPU" --root "$FIXTURE" --db "$DB") ;;
@@ -448,6 +452,8 @@ print(f"Loopback, {conns} connections, {secs} s per run after a 2 s warm-up; ser
       "RSS: peak (VmHWM) of the server process. "
       f"poll_spin_us {poll_spin}: the same build with `--poll-spin-us {poll_spin}` (a shard looks for "
       "the next request that long before it waits; its busy share includes the looking). "
+      "poll_wait_us 0: the same build with `--poll-wait-us 0` (a shard that finds no next request "
+      "parks through io_uring at once instead of first waiting in `epoll_pwait2`). "
       f"×ceiling: for coremcp (1 shard) the median ratio of the paired rounds below ({pair_secs} s "
       "runs back to back); for the other rows, req/s over the median of the ceiling's paired runs "
       "(or its row, where the workload had no pairs).\n")
@@ -466,9 +472,9 @@ def ceiling_of(w):
     return f(R[("hello", w)][2]) if ("hello", w) in R else None
 print("| workload | server | req/s | p50 | p99 | p99.9 | fixed rate | p50 @rate | p99 @rate | p99.9 @rate | busy @rate | gen @rate | lag @rate | peak RSS MiB | ×peer | ×ceiling |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-names = {"coremcp": "coremcp (1 shard)", "coremcp-release": "coremcp (1 shard, plain release build)", "coremcp-spin": f"coremcp (1 shard, poll_spin_us {poll_spin})", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
+names = {"coremcp": "coremcp (1 shard)", "coremcp-release": "coremcp (1 shard, plain release build)", "coremcp-spin": f"coremcp (1 shard, poll_spin_us {poll_spin})", "coremcp-nowait": "coremcp (1 shard, poll_wait_us 0)", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
 for w in dict.fromkeys(r[1] for r in rows):
-    for k in ("coremcp", "coremcp-release", "coremcp-spin", "coremcp-nokeep", "rmcp", "coremcp2", "hello"):
+    for k in ("coremcp", "coremcp-release", "coremcp-spin", "coremcp-nowait", "coremcp-nokeep", "rmcp", "coremcp2", "hello"):
         r = R.get((k, w))
         if not r: continue
         rps = f(r[2]); bad = int(r[6]) + int(r[7]) + int(r[13] if r[13] != "-" else 0)
