@@ -63,6 +63,8 @@
 #   BENCH_PAIR_WORKLOADS [read_file query_db tools_list]
 #                               workloads that get paired rounds (search_code is
 #                               ~2 % of the ceiling by nature: a ratio says nothing)
+#   BENCH_PROBE_SECS [10]       how long `loadgen --probe-secs` spins on both CPUs at once
+#                               before the rows, to show what the machine takes (table header)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -89,6 +91,7 @@ GEN_SPIN_US=${BENCH_GEN_SPIN_US:-1000}
 PAIR_ROUNDS=${BENCH_PAIR_ROUNDS:-3}
 PAIR_SECONDS=${BENCH_PAIR_SECONDS:-5}
 PAIR_WORKLOADS=${BENCH_PAIR_WORKLOADS:-read_file query_db tools_list}
+PROBE_SECONDS=${BENCH_PROBE_SECS:-10}
 URL="http://127.0.0.1:$PORT/mcp"
 WORK=$(mktemp -d /tmp/coremcp-bench.XXXXXX)
 RESULTS=$WORK/results.tsv
@@ -168,6 +171,17 @@ LOADGEN=$REPO/benches/loadgen/target/release/loadgen
 # The builds leave hundreds of MiB of dirty pages: write them back now, not
 # during the first rows.
 sync
+
+# ---------------------------------------------------------------- the machine
+# What the machine takes from each CPU while both are busy, as they are in
+# every fixed-rate row (the generator spins): loadgen --probe-secs spins on a
+# CPU reading the clock and counts the gaps. On a VM those are the host's; a
+# p99 budget of 1 ms cannot be kept through a 5 ms gap.
+taskset -c "$LOAD_CPU" "$LOADGEN" --probe-secs "$PROBE_SECONDS" >"$WORK/probe-load.json" &
+PROBE_PID=$!
+taskset -c "$SERVER_CPU" "$LOADGEN" --probe-secs "$PROBE_SECONDS" >"$WORK/probe-server.json"
+wait "$PROBE_PID"
+say "machine probe ($PROBE_SECONDS s, both CPUs busy): CPU $LOAD_CPU $(cat "$WORK/probe-load.json"), CPU $SERVER_CPU $(cat "$WORK/probe-server.json")"
 
 # ---------------------------------------------------------------- fixture
 ensure_fixture "$FIXTURE"
@@ -420,9 +434,9 @@ done
 
 # ---------------------------------------------------------------- table
 mkdir -p bench-results
-python3 - "$RESULTS" "$PAIRS" "$PAIR_SECONDS" "$GEN_SPIN_US" "$SECONDS_PER_RUN" "$CONNS" "$SERVER_CPU" "$LOAD_CPU" "$SHARDS2_CPUS" "$QUIET" "$FIXED_GEN" "$FIXED_RUNS" "$BUILT" "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" "$POLL_SPIN_US" <<'PY' | tee bench-results/latest.md
-import sys, subprocess, datetime, platform
-path, pairs_path, pair_secs, spin_us, secs, conns, scpu, lcpu, cpus2, quiet, fixed_gen, fixed_runs, built, commit, poll_spin = sys.argv[1:]
+python3 - "$RESULTS" "$PAIRS" "$PAIR_SECONDS" "$GEN_SPIN_US" "$SECONDS_PER_RUN" "$CONNS" "$SERVER_CPU" "$LOAD_CPU" "$SHARDS2_CPUS" "$QUIET" "$FIXED_GEN" "$FIXED_RUNS" "$BUILT" "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" "$POLL_SPIN_US" "$WORK/probe-load.json" "$WORK/probe-server.json" <<'PY' | tee bench-results/latest.md
+import sys, subprocess, datetime, platform, json
+path, pairs_path, pair_secs, spin_us, secs, conns, scpu, lcpu, cpus2, quiet, fixed_gen, fixed_runs, built, commit, poll_spin, probe_load, probe_server = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
 R = {}
 for r in rows:
@@ -438,6 +452,13 @@ nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 print(f"# coremcp load benchmark — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n")
 print(f"Machine: {nproc} vCPU, {cpu}, Linux {platform.release()}. Machine quiet: {quiet}.  ")
 print(f"Commit {commit}; coremcp build: {built}; the peers: release.  ")
+def probe(cpu_, p):
+    d = json.load(open(p))
+    return (f"CPU {cpu_} lost {d['lost_pct']:.2f} % of its time to stalls of 0.1 ms or more "
+            f"({d['over_1ms']} over 1 ms, the longest {d['longest_ms']:.1f} ms)")
+print(f"Machine probe ({json.load(open(probe_load))['probe_secs']:.0f} s, both CPUs spinning, as server and "
+      f"generator are in the fixed-rate rows; `loadgen --probe-secs`): {probe(lcpu, probe_load)}; "
+      f"{probe(scpu, probe_server)}.  ")
 print(f"Loopback, {conns} connections, {secs} s per run after a 2 s warm-up; servers on CPU {scpu} "
       f"(two shards: CPUs {cpus2 or '–'}), load generator on CPU {lcpu}. "
       "Latencies in ms. Closed loop: wrk. Fixed rate: "

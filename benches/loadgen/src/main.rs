@@ -60,6 +60,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response accepted (head and body).
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
+/// `--probe-secs`: the shortest gap in a busy loop counted as a stall (well
+/// above a loop turn and a timer tick), one counted as long, and the longest
+/// probe accepted.
+const PROBE_STALL: Duration = Duration::from_micros(100);
+const PROBE_LONG: Duration = Duration::from_millis(1);
+const MAX_PROBE_SECS: f64 = 60.0;
+
 struct Args {
     host: String,
     port: u16,
@@ -82,7 +89,7 @@ struct Args {
 
 fn usage(why: &str) -> ! {
     eprintln!("loadgen: {why}");
-    eprintln!("usage: loadgen --url http://127.0.0.1:PORT/PATH --rate R --connections C --duration-secs D [--warmup-secs W] [--method POST] [--header 'N: v']... [--body S | --body-file F] [--require S]... [--reject S]... [--spin-us N] [--json]");
+    eprintln!("usage: loadgen --url http://127.0.0.1:PORT/PATH --rate R --connections C --duration-secs D [--warmup-secs W] [--method POST] [--header 'N: v']... [--body S | --body-file F] [--require S]... [--reject S]... [--spin-us N] [--json]\n       loadgen --probe-secs S   (spin S seconds on this CPU; report the time lost to stalls)");
     std::process::exit(2);
 }
 
@@ -315,6 +322,16 @@ fn cpu_time() -> Duration {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--probe-secs") {
+        let secs: f64 = argv
+            .get(2)
+            .and_then(|v| v.parse().ok())
+            .filter(|s| *s > 0.0 && *s <= MAX_PROBE_SECS)
+            .unwrap_or_else(|| usage("--probe-secs needs 0 < S <= 60, alone"));
+        probe(secs);
+        return;
+    }
     let a = parse_args();
     // Sleep to the microsecond: the default 50 µs timer slack would bunch requests.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
@@ -576,4 +593,40 @@ fn main() {
             if unsustainable { " — UNSUSTAINABLE: the backlog passed 1 s" } else { "" }
         );
     }
+}
+
+/// `--probe-secs S`: spins on the calling CPU for S seconds reading the clock
+/// and reports the time lost in gaps of at least [`PROBE_STALL`]: time the CPU
+/// ran something else (an interrupt, another task, or in a VM the host). Run on
+/// both CPUs at once, it shows what the machine takes from a benchmark whose
+/// server and generator are both busy, which no server can win back.
+fn probe(secs: f64) {
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut last = start;
+    let (mut lost, mut longest) = (Duration::ZERO, Duration::ZERO);
+    let (mut stalls, mut long) = (0u64, 0u64);
+    loop {
+        let now = Instant::now();
+        let gap = now - last;
+        last = now;
+        if gap >= PROBE_STALL {
+            lost += gap;
+            stalls += 1;
+            long += u64::from(gap >= PROBE_LONG);
+            longest = longest.max(gap);
+        }
+        if now >= end {
+            break;
+        }
+    }
+    let took = last - start;
+    println!(
+        "{{\"probe_secs\":{:.3},\"lost_pct\":{:.3},\"stalls\":{},\"over_1ms\":{},\"longest_ms\":{:.3}}}",
+        took.as_secs_f64(),
+        lost.as_secs_f64() * 100.0 / took.as_secs_f64(),
+        stalls,
+        long,
+        longest.as_secs_f64() * 1e3
+    );
 }
