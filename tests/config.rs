@@ -76,6 +76,26 @@ fn an_unknown_key_is_refused_with_its_name_and_line() {
 }
 
 #[test]
+fn pump_windows_past_their_bound_are_refused_on_the_command_line() {
+    for (flag, max) in [
+        ("--poll-spin-us", coremcp::config::MAX_POLL_SPIN_US),
+        ("--poll-wait-us", coremcp::config::MAX_POLL_WAIT_US),
+    ] {
+        let out = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", flag])
+            .arg((max + 1).to_string())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {} was accepted", max + 1);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{flag}: must be at most {max}")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn the_file_configures_the_server_and_flags_override_it() {
     let dir = temp_dir("config-serve");
     write(&dir, "root/hello.txt", b"hello from the file's root\n");
