@@ -67,8 +67,9 @@ pub const MAX_POLL_SPIN_US: u64 = 10_000;
 /// kernel and a request wakes it the way it wakes any epoll server: no io_uring
 /// poll armed and completed, no task work or IPI to a running shard, no
 /// preemption timer re-armed per request. On the 2-vCPU VM
-/// (docs/performance.md item 42) this took the shard's CPU per request at a
-/// fixed rate from 63 to 24–33 µs at 10k req/s and from 24.6 to 16.3 µs at 40k.
+/// (docs/performance.md item 42) 500 µs took the shard's CPU per request at a
+/// fixed rate of query_db from 64 to 29 µs at 10k req/s and from 24.7 to
+/// 16.3 µs at 40k.
 /// The price is bounded: while the pump waits, glommio does not look at its
 /// rings, so a timer, an accept or a socket turning writable is seen up to this
 /// late; work the shard's own tasks hand to other threads is not, since the pump
