@@ -17,11 +17,12 @@
 # coremcp's own counters (/metrics) must show no failed tool call and no non-200
 # answer over the whole row. A row with any of them is marked. The hello-world ceiling is
 # measured in every workload, at the same fixed rate (what p99 the machine and
-# the generator allow at that rate), and in paired rounds: coremcp and the
-# ceiling back to back, alternating which goes first, so that the ratio to the
-# ceiling divides numbers taken seconds apart, not minutes (this VM's speed
-# drifts by tens of per cent from one minute to the next). Prints a markdown
-# table and writes it to bench-results/latest.md.
+# the generator allow at that rate), and in paired rounds: coremcp, the
+# ceiling and the peer back to back, turn by turn in a rotating order, so that
+# coremcp's ratios to the ceiling and to the peer divide numbers taken seconds
+# apart, not minutes (this VM's speed drifts by tens of per cent from one
+# minute to the next). Prints a markdown table and writes it to
+# bench-results/latest.md.
 #
 # Environment (defaults in brackets):
 #   BENCH_PORT [7411]           port on 127.0.0.1; refuses to run if it is taken
@@ -56,13 +57,15 @@
 #   BENCH_FIXED_RUNS [3]        fixed-rate runs per row; the table shows the run
 #                               with the median p99 (tails on a VM vary several-fold
 #                               from run to run), and the log every run
-#   BENCH_PAIR_ROUNDS [3]       paired rounds of coremcp (1 shard) and the ceiling per
-#                               workload; the ×ceiling column of coremcp's row is
-#                               the median of their ratios (0 to skip them)
+#   BENCH_PAIR_ROUNDS [3]       paired rounds of coremcp (1 shard), the ceiling and the
+#                               peer per workload; the ×ceiling and ×peer columns
+#                               of coremcp's row are the medians of their ratios
+#                               (0 to skip them: the rows' ratios are used instead)
 #   BENCH_PAIR_SECONDS [5]      seconds per closed-loop run in a pair (after 2 s warm-up)
 #   BENCH_PAIR_WORKLOADS [read_file query_db tools_list]
 #                               workloads that get paired rounds (search_code is
-#                               ~2 % of the ceiling by nature: a ratio says nothing)
+#                               ~2 % of the ceiling by nature and hundreds of times
+#                               the peer: a ratio to either says nothing more)
 #   BENCH_PROBE_SECS [10]       how long `loadgen --probe-secs` spins on both CPUs at once
 #                               before the rows, to show what the machine takes (table header)
 set -euo pipefail
@@ -362,16 +365,22 @@ runs.sort(key=key)
 print(" ".join(runs[(len(runs) - 1) // 2]), ",".join("/".join((r[2], r[6], r[7])) for r in runs))'
 }
 
-# coremcp (1 shard) and the ceiling back to back, PAIR_ROUNDS times, the first
-# of each pair alternating; appends "workload round coremcp_rps hello_rps bad
-# noisy" to PAIRS.
+# coremcp (1 shard), the ceiling and the peer (those of them in SERVERS) back
+# to back, PAIR_ROUNDS times, the order rotating one place each round so that
+# each goes first as often as the others; appends "workload round coremcp_rps
+# hello_rps rmcp_rps bad noisy" to PAIRS ("-" for a server not measured).
 paired_rounds() { # workload
-    case " $SERVERS " in *" hello "*) ;; *) return 0 ;; esac
-    local i kind order rps bad noisy failed
+    case " $SERVERS " in *" hello "* | *" rmcp "*) ;; *) return 0 ;; esac
+    local i j kind order rps bad noisy failed members=(coremcp)
+    case " $SERVERS " in *" hello "*) members+=(hello) ;; esac
+    case " $SERVERS " in *" rmcp "*) members+=(rmcp) ;; esac
     for i in $(seq "$PAIR_ROUNDS"); do
-        order="coremcp hello"
-        [ $((i % 2)) = 0 ] && order="hello coremcp"
-        declare -A got=()
+        order=""
+        for j in $(seq 0 $((${#members[@]} - 1))); do
+            order+="${members[$(((i - 1 + j) % ${#members[@]}))]} "
+        done
+        order=${order% }
+        declare -A got=([hello]=- [rmcp]=-)
         bad=0 noisy=0
         busy && noisy=1
         for kind in $order; do
@@ -385,8 +394,8 @@ paired_rounds() { # workload
         done
         busy && noisy=1
         [ "$noisy" = 1 ] && QUIET="no: cargo/rustc ran during some rows (flagged)"
-        say "   pair $i ($order): coremcp ${got[coremcp]} req/s, ceiling ${got[hello]} req/s (bad $bad)"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$i" "${got[coremcp]}" "${got[hello]}" "$bad" "$noisy" >>"$PAIRS"
+        say "   round $i ($order): coremcp ${got[coremcp]} req/s, ceiling ${got[hello]} req/s, peer ${got[rmcp]} req/s (bad $bad)"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$i" "${got[coremcp]}" "${got[hello]}" "${got[rmcp]}" "$bad" "$noisy" >>"$PAIRS"
     done
 }
 
@@ -475,22 +484,30 @@ print(f"Loopback, {conns} connections, {secs} s per run after a 2 s warm-up; ser
       "the next request that long before it waits; its busy share includes the looking). "
       "poll_wait_us 0: the same build with `--poll-wait-us 0` (a shard that finds no next request "
       "parks through io_uring at once instead of first waiting in `epoll_pwait2`). "
-      f"×ceiling: for coremcp (1 shard) the median ratio of the paired rounds below ({pair_secs} s "
-      "runs back to back); for the other rows, req/s over the median of the ceiling's paired runs "
-      "(or its row, where the workload had no pairs).\n")
+      f"×peer and ×ceiling: for coremcp (1 shard) the median ratio of the paired rounds below "
+      f"({pair_secs} s runs back to back, marked paired); for the other rows, req/s over the median "
+      "of the peer's or the ceiling's paired runs (or its row, where the workload had no pairs).\n")
+# (workload) -> [(coremcp, ceiling, peer, bad, noisy)]; a server not measured is None.
 pairs = {}
 for l in open(pairs_path):
     if l.strip():
-        w, i, c, h, bad, noisy = l.rstrip("\n").split("\t")
-        pairs.setdefault(w, []).append((f(c), f(h), int(bad), noisy == "1"))
+        w, i, c, h, pe, bad, noisy = l.rstrip("\n").split("\t")
+        pairs.setdefault(w, []).append((f(c), f(h), f(pe), int(bad), noisy == "1"))
 def median(xs):
     xs = sorted(xs)
     n = len(xs)
     return None if n == 0 else (xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2)
-def ceiling_of(w):
-    if w in pairs:
-        return median([h for _, h, _, _ in pairs[w]])
-    return f(R[("hello", w)][2]) if ("hello", w) in R else None
+IN_PAIR = {"hello": 1, "rmcp": 2}
+def paired_ratio(w, other):
+    """Median over the rounds of coremcp / other, None without such rounds."""
+    i = IN_PAIR[other]
+    return median([p[0] / p[i] for p in pairs.get(w, []) if p[0] and p[i]])
+def reference(w, other):
+    """The peer's or the ceiling's req/s: the median of its paired runs, else its row."""
+    got = median([p[IN_PAIR[other]] for p in pairs.get(w, []) if p[IN_PAIR[other]]])
+    if got is None and (other, w) in R:
+        got = f(R[(other, w)][2])
+    return got
 print("| workload | server | req/s | p50 | p99 | p99.9 | fixed rate | p50 @rate | p99 @rate | p99.9 @rate | busy @rate | gen @rate | lag @rate | peak RSS MiB | ×peer | ×ceiling |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 names = {"coremcp": "coremcp (1 shard)", "coremcp-release": "coremcp (1 shard, plain release build)", "coremcp-spin": f"coremcp (1 shard, poll_spin_us {poll_spin})", "coremcp-nowait": "coremcp (1 shard, poll_wait_us 0)", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
@@ -499,12 +516,14 @@ for w in dict.fromkeys(r[1] for r in rows):
         r = R.get((k, w))
         if not r: continue
         rps = f(r[2]); bad = int(r[6]) + int(r[7]) + int(r[13] if r[13] != "-" else 0)
-        peer = f(R[("rmcp", w)][2]) if ("rmcp", w) in R else None
+        peer = reference(w, "rmcp")
         xp = f"{rps/peer:.1f}×" if k.startswith("coremcp") and peer else ""
-        ceiling = ceiling_of(w)
+        ceiling = reference(w, "hello")
         xc = f"{rps/ceiling:.0%}" if k.startswith("coremcp") and ceiling else ""
-        if k == "coremcp" and w in pairs:
-            xc = f"{median([c / h for c, h, _, _ in pairs[w]]):.0%} (paired)"
+        if k == "coremcp" and paired_ratio(w, "rmcp") is not None:
+            xp = f"{paired_ratio(w, 'rmcp'):.1f}× (paired)"
+        if k == "coremcp" and paired_ratio(w, "hello") is not None:
+            xc = f"{paired_ratio(w, 'hello'):.0%} (paired)"
         rate = r[8] if r[9] != "-" else "–"
         achieved = "" if r[9] == "-" or f(r[9]) >= 0.97 * f(r[8]) else f" (got {r[9]})"
         flag = (f" ⚠ {bad} bad" if bad else "") + (" ⚠ busy" if r[15] == "1" else "")
@@ -515,12 +534,19 @@ for w in dict.fromkeys(r[1] for r in rows):
               f"{rate}{achieved} | {ms(r[10])} | {ms(r[11])} | {ms(r[12])} | {busy} | {gen} | {ms(r[19])} | {int(r[14])/1024:.1f} | {xp} | {xc} |")
 print()
 if pairs:
-    print("Paired rounds, coremcp (1 shard) against the ceiling, closed loop (req/s, the ratio):")
+    print("Paired rounds, closed loop, coremcp (1 shard) against the ceiling and the peer "
+          "(req/s, the ratios):")
     for w, ps in pairs.items():
         cells = []
-        for c, h, bad, noisy in ps:
-            cells.append(f"{c:,.0f} / {h:,.0f} = {c / h:.0%}" + (f" ⚠ {bad} bad" if bad else "") + (" ⚠ busy" if noisy else ""))
-        print(f"- {w}: " + "; ".join(cells) + f". Median ratio {median([c / h for c, h, _, _ in ps]):.0%}.")
+        for c, h, pe, bad, noisy in ps:
+            parts = [f"coremcp {c:,.0f}"]
+            if h: parts.append(f"ceiling {h:,.0f} ({c / h:.0%})")
+            if pe: parts.append(f"peer {pe:,.0f} ({c / pe:.1f}×)")
+            cells.append(", ".join(parts) + (f" ⚠ {bad} bad" if bad else "") + (" ⚠ busy" if noisy else ""))
+        medians = []
+        if paired_ratio(w, "hello") is not None: medians.append(f"to the ceiling {paired_ratio(w, 'hello'):.0%}")
+        if paired_ratio(w, "rmcp") is not None: medians.append(f"to the peer {paired_ratio(w, 'rmcp'):.1f}×")
+        print(f"- {w}: " + "; ".join(cells) + ". Median ratio " + ", ".join(medians) + ".")
     print()
 print("p99 of every fixed-rate run, ms (in brackets, the generator's lag p99, and how many "
       "requests fell due while every connection waited on the server):")
