@@ -57,7 +57,7 @@
 #   BENCH_FIXED_RUNS [3]        fixed-rate runs per row; the table shows the run
 #                               with the median p99 (tails on a VM vary several-fold
 #                               from run to run), and the log every run
-#   BENCH_PAIR_ROUNDS [3]       paired rounds of coremcp (1 shard), the ceiling and the
+#   BENCH_PAIR_ROUNDS [5]       paired rounds of coremcp (1 shard), the ceiling and the
 #                               peer per workload; the ×ceiling and ×peer columns
 #                               of coremcp's row are the medians of their ratios
 #                               (0 to skip them: the rows' ratios are used instead)
@@ -91,7 +91,7 @@ BUILD=${BENCH_BUILD:-pgo}
 FIXED_GEN=${BENCH_FIXED_GEN:-loadgen}
 FIXED_RUNS=${BENCH_FIXED_RUNS:-3}
 GEN_SPIN_US=${BENCH_GEN_SPIN_US:-1000}
-PAIR_ROUNDS=${BENCH_PAIR_ROUNDS:-3}
+PAIR_ROUNDS=${BENCH_PAIR_ROUNDS:-5}
 PAIR_SECONDS=${BENCH_PAIR_SECONDS:-5}
 PAIR_WORKLOADS=${BENCH_PAIR_WORKLOADS:-read_file query_db tools_list}
 PROBE_SECONDS=${BENCH_PROBE_SECS:-10}
@@ -367,7 +367,7 @@ print(" ".join(runs[(len(runs) - 1) // 2]), ",".join("/".join((r[2], r[6], r[7])
 
 # coremcp (1 shard), the ceiling and the peer (those of them in SERVERS) back
 # to back, PAIR_ROUNDS times, the order rotating one place each round so that
-# each goes first as often as the others; appends "workload round coremcp_rps
+# each goes first in turn; appends "workload round coremcp_rps
 # hello_rps rmcp_rps bad noisy" to PAIRS ("-" for a server not measured).
 paired_rounds() { # workload
     case " $SERVERS " in *" hello "* | *" rmcp "*) ;; *) return 0 ;; esac
