@@ -461,6 +461,16 @@ nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 print(f"# coremcp load benchmark — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n")
 print(f"Machine: {nproc} vCPU, {cpu}, Linux {platform.release()}. Machine quiet: {quiet}.  ")
 print(f"Commit {commit}; coremcp build: {built}; the peers: release.  ")
+# On a KVM guest, how an idle vCPU waits decides how fast it wakes (README,
+# tuning/BARE-METAL.md): report the cpuidle driver and its halt polling.
+def sysfs(path):
+    try: return open(path).read().strip()
+    except OSError: return None
+idle_driver = sysfs("/sys/devices/system/cpu/cpuidle/current_driver")
+halt_poll = sysfs("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+if idle_driver:
+    print(f"cpuidle driver: {idle_driver}"
+          + (f", guest_halt_poll_ns {halt_poll}" if halt_poll is not None else "") + ".  ")
 def probe(cpu_, p):
     d = json.load(open(p))
     return (f"CPU {cpu_} lost {d['lost_pct']:.2f} % of its time to stalls of 0.1 ms or more "
