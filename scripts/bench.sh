@@ -370,10 +370,10 @@ print(" ".join(runs[(len(runs) - 1) // 2]), ",".join("/".join((r[2], r[6], r[7])
 # each goes first in turn; appends "workload round coremcp_rps
 # hello_rps rmcp_rps bad noisy" to PAIRS ("-" for a server not measured).
 paired_rounds() { # workload
-    case " $SERVERS " in *" hello "* | *" rmcp "*) ;; *) return 0 ;; esac
     local i j kind order rps bad noisy failed members=(coremcp)
     case " $SERVERS " in *" hello "*) members+=(hello) ;; esac
     case " $SERVERS " in *" rmcp "*) members+=(rmcp) ;; esac
+    [ "${#members[@]}" -gt 1 ] || return 0
     for i in $(seq "$PAIR_ROUNDS"); do
         order=""
         for j in $(seq 0 $((${#members[@]} - 1))); do
@@ -522,6 +522,7 @@ print("| workload | server | req/s | p50 | p99 | p99.9 | fixed rate | p50 @rate 
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 names = {"coremcp": "coremcp (1 shard)", "coremcp-release": "coremcp (1 shard, plain release build)", "coremcp-spin": f"coremcp (1 shard, poll_spin_us {poll_spin})", "coremcp-nowait": "coremcp (1 shard, poll_wait_us 0)", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
 for w in dict.fromkeys(r[1] for r in rows):
+    by_pairs = {other: paired_ratio(w, other) for other in IN_PAIR}
     for k in ("coremcp", "coremcp-release", "coremcp-spin", "coremcp-nowait", "coremcp-nokeep", "rmcp", "coremcp2", "hello"):
         r = R.get((k, w))
         if not r: continue
@@ -530,10 +531,10 @@ for w in dict.fromkeys(r[1] for r in rows):
         xp = f"{rps/peer:.1f}×" if k.startswith("coremcp") and peer else ""
         ceiling = reference(w, "hello")
         xc = f"{rps/ceiling:.0%}" if k.startswith("coremcp") and ceiling else ""
-        if k == "coremcp" and paired_ratio(w, "rmcp") is not None:
-            xp = f"{paired_ratio(w, 'rmcp'):.1f}× (paired)"
-        if k == "coremcp" and paired_ratio(w, "hello") is not None:
-            xc = f"{paired_ratio(w, 'hello'):.0%} (paired)"
+        if k == "coremcp" and by_pairs["rmcp"] is not None:
+            xp = f"{by_pairs['rmcp']:.1f}× (paired)"
+        if k == "coremcp" and by_pairs["hello"] is not None:
+            xc = f"{by_pairs['hello']:.0%} (paired)"
         rate = r[8] if r[9] != "-" else "–"
         achieved = "" if r[9] == "-" or f(r[9]) >= 0.97 * f(r[8]) else f" (got {r[9]})"
         flag = (f" ⚠ {bad} bad" if bad else "") + (" ⚠ busy" if r[15] == "1" else "")
@@ -553,9 +554,10 @@ if pairs:
             if h: parts.append(f"ceiling {h:,.0f} ({c / h:.0%})")
             if pe: parts.append(f"peer {pe:,.0f} ({c / pe:.1f}×)")
             cells.append(", ".join(parts) + (f" ⚠ {bad} bad" if bad else "") + (" ⚠ busy" if noisy else ""))
+        by_pairs = {other: paired_ratio(w, other) for other in IN_PAIR}
         medians = []
-        if paired_ratio(w, "hello") is not None: medians.append(f"to the ceiling {paired_ratio(w, 'hello'):.0%}")
-        if paired_ratio(w, "rmcp") is not None: medians.append(f"to the peer {paired_ratio(w, 'rmcp'):.1f}×")
+        if by_pairs["hello"] is not None: medians.append(f"to the ceiling {by_pairs['hello']:.0%}")
+        if by_pairs["rmcp"] is not None: medians.append(f"to the peer {by_pairs['rmcp']:.1f}×")
         print(f"- {w}: " + "; ".join(cells) + ". Median ratio " + ", ".join(medians) + ".")
     print()
 print("p99 of every fixed-rate run, ms (in brackets, the generator's lag p99, and how many "
