@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -14,7 +13,7 @@ use serde_json::{json, Value};
 const ENDLESS: &str =
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
 
-fn fixture(name: &str) -> (PathBuf, String) {
+fn fixture(name: &str) -> (TestDir, String) {
     let dir = temp_dir(name);
     write(&dir, "a.txt", b"alpha\n");
     let db = dir.join("data.db");
@@ -22,7 +21,8 @@ fn fixture(name: &str) -> (PathBuf, String) {
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'one'), (2, 'two');")
         .unwrap();
     drop(conn);
-    (dir.clone(), db.to_string_lossy().into_owned())
+    let db = db.to_string_lossy().into_owned();
+    (dir, db)
 }
 
 fn call(id: u64, tool: &str, args: Value) -> Value {
