@@ -10,7 +10,8 @@
 # workload (read_file, query_db, search_code, tools/list) and server:
 #   * closed loop: wrk, BENCH_CONNECTIONS connections, BENCH_SECONDS seconds;
 #   * fixed rate: benches/loadgen (or oha) at half of coremcp's (1 shard)
-#     closed-loop maximum, with coordinated-omission correction;
+#     closed-loop maximum (the median of its row and its paired rounds), with
+#     coordinated-omission correction;
 # checks first that one sample request answers 200 with a JSON-RPC result, and
 # then that every answer was one: wrk counts non-2xx answers and socket errors,
 # loadgen checks every body for a JSON-RPC result that is not a tool error, and
@@ -60,7 +61,8 @@
 #   BENCH_PAIR_ROUNDS [5]       paired rounds of coremcp (1 shard), the ceiling and the
 #                               peer per workload; the ×ceiling and ×peer columns
 #                               of coremcp's row are the medians of their ratios
-#                               (0 to skip them: the rows' ratios are used instead)
+#                               (0 to skip them: the rows' ratios are used instead,
+#                               and the fixed rate comes from the row alone)
 #   BENCH_PAIR_SECONDS [5]      seconds per closed-loop run in a pair (after 2 s warm-up)
 #   BENCH_PAIR_WORKLOADS [read_file query_db tools_list]
 #                               workloads that get paired rounds (search_code is
@@ -380,7 +382,7 @@ paired_rounds() { # workload
             order+="${members[$(((i - 1 + j) % ${#members[@]}))]} "
         done
         order=${order% }
-        declare -A got=([hello]=- [rmcp]=-)
+        declare -A got=([coremcp]=- [hello]=- [rmcp]=-)
         bad=0 noisy=0
         busy && noisy=1
         for kind in $order; do
@@ -394,16 +396,28 @@ paired_rounds() { # workload
         done
         busy && noisy=1
         [ "$noisy" = 1 ] && QUIET="no: cargo/rustc ran during some rows (flagged)"
+        [ "${got[coremcp]}" != - ] && ROUND_RPS+=("${got[coremcp]}")
         say "   round $i ($order): coremcp ${got[coremcp]} req/s, ceiling ${got[hello]} req/s, peer ${got[rmcp]} req/s (bad $bad)"
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$i" "${got[coremcp]}" "${got[hello]}" "${got[rmcp]}" "$bad" "$noisy" >>"$PAIRS"
     done
 }
 
-# Workload by workload, every server in turn: the rows a ratio divides are
-# measured minutes apart, not a quarter of an hour (this VM's speed drifts).
-# coremcp goes first in each, to set the workload's fixed rate.
+# The median of numbers, rounded down to a whole one.
+median_int() {
+    printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 }
+        END { print (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+
+# Workload by workload: first the paired rounds, then every server in turn, so
+# that the rows a ratio divides are measured minutes apart, not a quarter of an
+# hour (this VM's speed drifts). coremcp's row goes first, to set the
+# workload's fixed rate: half the median of its closed-loop runs, its row's and
+# its rounds', so that one slow or fast minute does not move the rate (a slow
+# row once put read_file's rate at 39k req/s where its rounds ran at 90k).
 declare -A HALF
 for w in $WORKLOADS; do
+    ROUND_RPS=()
+    case " $PAIR_WORKLOADS " in *" $w "*) paired_rounds "$w" ;; esac
     for kind in $SERVERS; do
         [ "$kind" = coremcp2 ] && [ -z "$SHARDS2_CPUS" ] && continue
         # Only query_db has an answer cache to turn off.
@@ -417,7 +431,14 @@ for w in $WORKLOADS; do
         closed_loop "$w" 2 >/dev/null # warm-up: caches, connections, page cache
         read -r rps p50 p99 p999 non2xx sockerr < <(closed_loop "$w" "$SECONDS_PER_RUN")
         say "   closed loop: $rps req/s, p50 ${p50} µs, p99 ${p99} µs, p99.9 ${p999} µs (non-2xx $non2xx, socket errors $sockerr)"
-        [ "$kind" = coremcp ] && HALF[$w]=$((rps / 2))
+        if [ "$kind" = coremcp ]; then
+            HALF[$w]=$(( $(median_int "$rps" "${ROUND_RPS[@]}") / 2 ))
+            if [ "${#ROUND_RPS[@]}" -gt 0 ]; then
+                say "   fixed rate: half the median of $rps (this row) and ${ROUND_RPS[*]} (rounds) req/s: ${HALF[$w]}"
+            else
+                say "   fixed rate: half of this row's $rps req/s: ${HALF[$w]}"
+            fi
+        fi
         rate=${HALF[$w]:-0}
         # Its own half: its own latency at its own operating point.
         [ "$kind" = coremcp-nokeep ] && rate=$((rps / 2))
@@ -438,7 +459,6 @@ for w in $WORKLOADS; do
             "$kind" "$w" "$rps" "$p50" "$p99" "$p999" "$non2xx" "$sockerr" \
             "$rate" "$frps" "$fp50" "$fp99" "$fp999" "$fbad" "$hwm" "$noisy" "$fbusy" "$fp99s" "$fgen" "$flag" >>"$RESULTS"
     done
-    case " $PAIR_WORKLOADS " in *" $w "*) paired_rounds "$w" ;; esac
 done
 
 # ---------------------------------------------------------------- table
@@ -483,7 +503,7 @@ print(f"Loopback, {conns} connections, {secs} s per run after a 2 s warm-up; ser
       "Latencies in ms. Closed loop: wrk. Fixed rate: "
       + (f"benches/loadgen (open loop, latency from each request's due time; `--spin-us {spin_us}`)" if fixed_gen == "loadgen"
          else "oha `-q` with `--latency-correction`")
-      + f" at half of coremcp's closed-loop maximum, {fixed_runs} runs per row: the columns @rate are the run "
+      + f" at half of coremcp's closed-loop maximum (the median of its row and its paired rounds), {fixed_runs} runs per row: the columns @rate are the run "
       "with the median p99; busy is the server's CPU use during it and gen the load generator's "
       "(100% = one CPU; a generator near 100% queues requests itself), and lag the p99 of how late "
       "the generator wrote each request after it was due: that much of p99 @rate is the generator's "
