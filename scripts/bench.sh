@@ -344,19 +344,30 @@ server_ticks() {
 }
 TICKS_PER_SEC=$(getconf CLK_TCK)
 
+# Steal time of a CPU so far, in clock ticks (/proc/stat): how long the host
+# kept this vCPU off its physical CPU while it had work to run. A VM's stalls
+# show here; on bare metal it stays 0.
+steal_ticks() { # cpu
+    awk -v c="cpu$1" '$1 == c { print $9; found = 1 } END { if (!found) print 0 }' /proc/stat
+}
+
 # Runs fixed_rate FIXED_RUNS times and prints the run with the median p99 as
 # "achieved p50 p99 p999 bad genbusy% genlag starved busy% all-p99s", busy% being the
 # server's CPU use over the run (warm-up included: same rate), all-p99s each run's
-# "p99/genlag/starved". A server that cannot sustain the
+# "p99/genlag/starved/server_steal_ms/generator_steal_ms". A server that cannot sustain the
 # rate will not on a second try, so an unsustainable run ends the repeats.
 fixed_rate_runs() { # workload rate seconds
-    local i t0 line busy runs=()
+    local i t0 s0 l0 line busy steal_s steal_l runs=()
     for i in $(seq "$FIXED_RUNS"); do
         t0=$(server_ticks)
+        s0=$(steal_ticks "$SERVER_CPU")
+        l0=$(steal_ticks "$LOAD_CPU")
         line=$(fixed_rate "$1" "$2" "$3")
         busy=$(( ($(server_ticks) - t0) * 100 / (TICKS_PER_SEC * ($3 + 1)) ))
-        runs+=("$line $busy")
-        say "   fixed $2 req/s, run $i: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %, generator lag p99 µs, requests that waited for a free connection), server busy ${busy}%"
+        steal_s=$(( ($(steal_ticks "$SERVER_CPU") - s0) * 1000 / TICKS_PER_SEC ))
+        steal_l=$(( ($(steal_ticks "$LOAD_CPU") - l0) * 1000 / TICKS_PER_SEC ))
+        runs+=("$line $busy $steal_s $steal_l")
+        say "   fixed $2 req/s, run $i: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %, generator lag p99 µs, requests that waited for a free connection), server busy ${busy}%, steal ${steal_s} ms on the server's CPU and ${steal_l} ms on the generator's"
         [ "$(echo "$line" | cut -d' ' -f3)" = "-" ] && break
     done
     printf '%s\n' "${runs[@]}" | python3 -c '
@@ -364,7 +375,7 @@ import sys
 runs = [l.split() for l in sys.stdin if l.strip()]
 key = lambda r: float("inf") if r[2] == "-" else float(r[2])
 runs.sort(key=key)
-print(" ".join(runs[(len(runs) - 1) // 2]), ",".join("/".join((r[2], r[6], r[7])) for r in runs))'
+print(" ".join(runs[(len(runs) - 1) // 2][:9]), ",".join("/".join((r[2], r[6], r[7], r[9], r[10])) for r in runs))'
 }
 
 # coremcp (1 shard), the ceiling and the peer (those of them in SERVERS) back
@@ -580,12 +591,15 @@ if pairs:
         if by_pairs["rmcp"] is not None: medians.append(f"to the peer {by_pairs['rmcp']:.1f}×")
         print(f"- {w}: " + "; ".join(cells) + ". Median ratio " + ", ".join(medians) + ".")
     print()
-print("p99 of every fixed-rate run, ms (in brackets, the generator's lag p99, and how many "
-      "requests fell due while every connection waited on the server):")
+print("p99 of every fixed-rate run, ms (in brackets, the generator's lag p99; how many "
+      "requests fell due while every connection waited on the server; and the host's steal "
+      "time during the run on the server's / the generator's vCPU, ms, from /proc/stat "
+      "in 10 ms ticks: how long the host kept each off its CPU while it had work):")
 for r in rows:
     if r[17] != "-":
         runs = [x.split("/") for x in r[17].split(",")]
-        print(f"- {r[1]}, {names[r[0]]}: " + ", ".join(f"{ms(p)} ({ms(lag)}; {n})" for p, lag, n in runs))
+        print(f"- {r[1]}, {names[r[0]]}: " + ", ".join(
+            f"{ms(p)} ({ms(lag)}; {n}; steal {ss} / {sl})" for p, lag, n, ss, sl in runs))
 print()
 print("Every answer was checked: status 2xx and no socket error (wrk, loadgen), a JSON-RPC result "
       "that is not a tool error (loadgen, every fixed-rate answer), and for coremcp no failed call "
