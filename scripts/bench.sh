@@ -576,8 +576,11 @@ for w in dict.fromkeys(r[1] for r in rows):
               f"{rate}{achieved} | {ms(r[10])} | {ms(r[11])} | {ms(r[12])} | {busy} | {gen} | {ms(r[19])} | {int(r[14])/1024:.1f} | {xp} | {xc} |")
 print()
 if pairs:
-    print("Paired rounds, closed loop, coremcp (1 shard) against the ceiling and the peer "
-          "(req/s, the ratios):")
+    # Name only the servers some round measured (BENCH_SERVERS may leave one out).
+    against = [name for name, i in (("the ceiling", 1), ("the peer", 2))
+               if any(p[i] for ps in pairs.values() for p in ps)]
+    print("Paired rounds, closed loop, coremcp (1 shard) against " + " and ".join(against)
+          + " (req/s, the ratios):")
     for w, ps in pairs.items():
         cells = []
         for c, h, pe, bad, noisy in ps:
