@@ -424,7 +424,7 @@ median_int() {
 # hour (this VM's speed drifts). coremcp's row goes first, to set the
 # workload's fixed rate: half the median of its closed-loop runs, its row's and
 # its rounds', so that one slow or fast minute does not move the rate (a slow
-# row once put read_file's rate at 39k req/s where its rounds ran at 90k).
+# row once put read_file's rate at 39k req/s where its rounds ran at 98-116k).
 declare -A HALF
 for w in $WORKLOADS; do
     ROUND_RPS=()
