@@ -41,9 +41,10 @@ fn every_shipped_tuning_file_passes_check_config() {
 
 #[test]
 fn an_unknown_key_is_refused_with_its_name_and_line() {
-    let dir = temp_dir("config-unknown");
+    let tmp = temp_dir("config-unknown");
+    let dir = tmp.path();
     let path = write(
-        &dir,
+        dir,
         "c.toml",
         b"listen = \"127.0.0.1:0\"\n[cache]\nfile_bytes = 1024\nfile_byts = 2048\n",
     );
@@ -66,7 +67,7 @@ fn an_unknown_key_is_refused_with_its_name_and_line() {
     );
 
     // A bad value names its key and line too.
-    let path = write(&dir, "v.toml", b"[limits]\n\nmax_body_bytes = 0\n");
+    let path = write(dir, "v.toml", b"[limits]\n\nmax_body_bytes = 0\n");
     let (ok, _, stderr) = check_config(&path);
     assert!(!ok);
     assert!(
@@ -97,10 +98,11 @@ fn pump_windows_past_their_bound_are_refused_on_the_command_line() {
 
 #[test]
 fn the_file_configures_the_server_and_flags_override_it() {
-    let dir = temp_dir("config-serve");
-    write(&dir, "root/hello.txt", b"hello from the file's root\n");
+    let tmp = temp_dir("config-serve");
+    let dir = tmp.path();
+    write(dir, "root/hello.txt", b"hello from the file's root\n");
     let cfg = write(
-        &dir,
+        dir,
         "c.toml",
         b"listen = \"127.0.0.1:1\"\nroots = [\"root\"]\nshards = 1\n[tools.query_db]\nenabled = false\n[limits]\nmax_body_bytes = 100000\n",
     );
@@ -134,12 +136,13 @@ fn the_file_configures_the_server_and_flags_override_it() {
 
 #[test]
 fn a_tool_can_be_served_without_the_caches() {
-    let dir = temp_dir("config-nocache");
+    let tmp = temp_dir("config-nocache");
+    let dir = tmp.path();
     // A file written more than two seconds ago (the file cache keeps nothing that
     // changed more recently): the crate's own manifest, checked out before the build.
     let crate_dir = env!("CARGO_MANIFEST_DIR");
     let hits_after_two_reads = |toml: &str| -> String {
-        let cfg = write(&dir, "c.toml", toml.as_bytes());
+        let cfg = write(dir, "c.toml", toml.as_bytes());
         let s = Server::start(&["--config", cfg.to_str().unwrap()]);
         let mut c = s.connect();
         for id in 1..=2 {

@@ -19,9 +19,10 @@ fn post(s: &Server, path: &str, headers: &[(&str, &str)], body: &Value) -> Respo
 
 #[test]
 fn one_call_answers_plain_json_with_mcp_rules() {
-    let dir = temp_dir("direct-json");
-    write(&dir, "a.txt", b"alpha\n");
-    write(&dir, "sub/b.txt", b"beta\n");
+    let tmp = temp_dir("direct-json");
+    let dir = tmp.path();
+    write(dir, "a.txt", b"alpha\n");
+    write(dir, "sub/b.txt", b"beta\n");
     let s = Server::start(&["--shards", "1", "--root", dir.to_str().unwrap()]);
 
     let r = post(&s, "/v1/tools/list_directory", &[], &json!({"path": "."}));
@@ -92,8 +93,9 @@ fn one_call_answers_plain_json_with_mcp_rules() {
 
 #[test]
 fn a_batch_runs_every_call_and_reports_each_outcome_in_order() {
-    let dir = temp_dir("direct-batch");
-    write(&dir, "a.txt", b"alpha needle\n");
+    let tmp = temp_dir("direct-batch");
+    let dir = tmp.path();
+    write(dir, "a.txt", b"alpha needle\n");
     let s = Server::start(&["--shards", "1", "--root", dir.to_str().unwrap()]);
     let r = post(
         &s,
@@ -210,19 +212,20 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn ndjson_streams_incrementally_and_a_slow_reader_bounds_server_memory() {
-    let dir = temp_dir("direct-ndjson");
+    let tmp = temp_dir("direct-ndjson");
+    let dir = tmp.path();
     // One 2 MiB file of matching lines, hard-linked 3000 times: a search result of
     // ~60 million lines (gigabytes of NDJSON) from a few MiB on disk.
     let line = format!("needle {}\n", "x".repeat(90));
     let content = line.repeat(2 * 1024 * 1024 / line.len());
-    let first = write(&dir, "tree/f0000.txt", content.as_bytes());
+    let first = write(dir, "tree/f0000.txt", content.as_bytes());
     for i in 1..3000 {
         std::fs::hard_link(&first, dir.join(format!("tree/f{i:04}.txt"))).unwrap();
     }
-    write(&dir, "small/one.txt", b"1");
-    write(&dir, "small/two.txt", b"22");
+    write(dir, "small/one.txt", b"1");
+    write(dir, "small/two.txt", b"22");
     // A small file cache, so that cached copies of the hard links do not count.
-    let cfg = write(&dir, "c.toml", b"[cache]\nfile_bytes = 1048576\n");
+    let cfg = write(dir, "c.toml", b"[cache]\nfile_bytes = 1048576\n");
     let s = Server::start(&[
         "--shards",
         "1",
@@ -297,7 +300,8 @@ fn ndjson_streams_incrementally_and_a_slow_reader_bounds_server_memory() {
 
 #[test]
 fn query_rows_stream_as_ndjson_lines() {
-    let dir = temp_dir("ndjson-rows");
+    let tmp = temp_dir("ndjson-rows");
+    let dir = tmp.path();
     let db = dir.join("big.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(

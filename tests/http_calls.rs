@@ -13,16 +13,17 @@ use serde_json::{json, Value};
 const ENDLESS: &str =
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
 
-fn fixture(name: &str) -> (TestDir, String) {
-    let dir = temp_dir(name);
-    write(&dir, "a.txt", b"alpha\n");
+fn fixture(name: &str) -> (tempfile::TempDir, String) {
+    let tmp = temp_dir(name);
+    let dir = tmp.path();
+    write(dir, "a.txt", b"alpha\n");
     let db = dir.join("data.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'one'), (2, 'two');")
         .unwrap();
     drop(conn);
     let db = db.to_string_lossy().into_owned();
-    (dir, db)
+    (tmp, db)
 }
 
 fn call(id: u64, tool: &str, args: Value) -> Value {
@@ -39,7 +40,8 @@ fn has_data(c: &Conn) -> bool {
 
 #[test]
 fn tools_list_is_ordered_and_paginated() {
-    let (dir, _) = fixture("pages");
+    let (tmp, _) = fixture("pages");
+    let dir = tmp.path();
     let s = Server::start(&[
         "--shards",
         "1",
@@ -105,7 +107,8 @@ fn tools_list_is_ordered_and_paginated() {
 
 #[test]
 fn tool_errors_are_results_and_protocol_errors_are_errors() {
-    let (dir, db) = fixture("errors");
+    let (tmp, db) = fixture("errors");
+    let dir = tmp.path();
     let s = Server::start(&[
         "--shards",
         "1",
@@ -201,7 +204,8 @@ fn a_pump_waiting_in_the_kernel_still_fires_timers_under_requests() {
 /// An endless query with a 1.5 s deadline on one connection, and `fast` quick
 /// calls meanwhile, one after another, on a second connection of the same shard.
 fn deadline_and_fast_calls(name: &str, extra: &[&str], fast_calls: u64) {
-    let (dir, db) = fixture(name);
+    let (tmp, db) = fixture(name);
+    let dir = tmp.path();
     let mut args = vec![
         "--shards",
         "1",
@@ -274,7 +278,8 @@ fn cancel_until_answered(victim: &mut Conn, canceller: &mut Conn, sid: &str, id:
 
 #[test]
 fn cancellation_stops_a_call_on_its_own_shard() {
-    let (dir, db) = fixture("cancel1");
+    let (tmp, db) = fixture("cancel1");
+    let dir = tmp.path();
     let s = Server::start(&[
         "--shards",
         "1",
@@ -311,7 +316,8 @@ fn cancellation_stops_a_call_on_its_own_shard() {
 
 #[test]
 fn cancellation_reaches_a_call_on_another_shard() {
-    let (dir, db) = fixture("cancel2");
+    let (tmp, db) = fixture("cancel2");
+    let dir = tmp.path();
     let s = Server::start(&[
         "--shards",
         "2",
@@ -385,7 +391,8 @@ fn idle_connections_are_closed() {
 
 #[test]
 fn hanging_up_cancels_the_call() {
-    let (dir, db) = fixture("hangup");
+    let (tmp, db) = fixture("hangup");
+    let dir = tmp.path();
     let s = Server::start(&[
         "--shards",
         "1",
@@ -443,10 +450,11 @@ fn sse_messages(body: &[u8]) -> Vec<Value> {
 
 #[test]
 fn progress_arrives_as_sse_before_the_answer() {
-    let dir = temp_dir("progress");
+    let tmp = temp_dir("progress");
+    let dir = tmp.path();
     for i in 0..300 {
         write(
-            &dir,
+            dir,
             &format!("src/m{i}/f{i}.rs"),
             format!("fn f{i}() {{ needle_{i}(); }}\n").as_bytes(),
         );

@@ -655,8 +655,9 @@ fn garbage_on_the_wire_never_takes_the_server_down() {
 /// malformed `_meta` or params gets the error the general path gives, with the id.
 #[test]
 fn stateless_calls_and_malformed_meta_or_params() {
-    let dir = temp_dir("stateless-calls");
-    write(&dir, "a.txt", b"alpha\n");
+    let tmp = temp_dir("stateless-calls");
+    let dir = tmp.path();
+    write(dir, "a.txt", b"alpha\n");
     let s = Server::start(&["--shards", "1", "--root", dir.to_str().unwrap()]);
     let mut c = s.connect();
     let call = |meta: serde_json::Value, name: serde_json::Value| {

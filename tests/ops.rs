@@ -37,8 +37,9 @@ fn call(s: &Server, id: u64, name: &str, arguments: Value) -> Value {
 
 #[test]
 fn a_scrape_on_any_shard_counts_the_whole_process() {
-    let dir = temp_dir("ops-metrics");
-    write(&dir, "a.txt", b"alpha\n");
+    let tmp = temp_dir("ops-metrics");
+    let dir = tmp.path();
+    write(dir, "a.txt", b"alpha\n");
     let s = Server::start(&["--shards", "2", "--root", dir.to_str().unwrap()]);
     // Fresh connections, so the calls spread over both shards.
     for id in 0..3 {
@@ -136,7 +137,8 @@ fn a_scrape_on_any_shard_counts_the_whole_process() {
 
 #[test]
 fn sigterm_lets_the_call_in_flight_finish_then_exits_0() {
-    let dir = temp_dir("ops-sigterm");
+    let tmp = temp_dir("ops-sigterm");
+    let dir = tmp.path();
     let db = dir.join("slow.db");
     {
         let c = rusqlite::Connection::open(&db).unwrap();

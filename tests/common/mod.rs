@@ -325,37 +325,16 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A fresh directory for a test's files; removed, with what is in it, when the
-/// test is done with it (also when the test fails), so that runs of the suite
-/// leave nothing behind in the temporary directory.
-pub fn temp_dir(name: &str) -> TestDir {
-    let dir = std::env::temp_dir().join(format!("coremcp-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    TestDir(dir)
-}
-
-/// A test's directory ([`temp_dir`]). Declare it before the [`Server`] that
-/// serves it: locals drop in reverse order, so the server stops first.
-pub struct TestDir(PathBuf);
-
-impl std::ops::Deref for TestDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for TestDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory for a test's files, named after the test; removed, with
+/// what is in it, when the returned guard drops (also when the test fails), so
+/// that runs of the suite leave nothing behind. Bind the guard before the
+/// [`Server`] that serves it: locals drop in reverse order, so the server stops
+/// first.
+pub fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("coremcp-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 pub fn write(dir: &Path, rel: &str, content: &[u8]) -> PathBuf {
