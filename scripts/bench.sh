@@ -393,7 +393,7 @@ paired_rounds() { # workload
             order+="${members[$(((i - 1 + j) % ${#members[@]}))]} "
         done
         order=${order% }
-        declare -A got=([coremcp]=- [hello]=- [rmcp]=-)
+        declare -A got=([hello]=- [rmcp]=-)
         bad=0 noisy=0
         busy && noisy=1
         for kind in $order; do
@@ -407,7 +407,6 @@ paired_rounds() { # workload
         done
         busy && noisy=1
         [ "$noisy" = 1 ] && QUIET="no: cargo/rustc ran during some rows (flagged)"
-        [ "${got[coremcp]}" != - ] && ROUND_RPS+=("${got[coremcp]}")
         say "   round $i ($order): coremcp ${got[coremcp]} req/s, ceiling ${got[hello]} req/s, peer ${got[rmcp]} req/s (bad $bad)"
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$i" "${got[coremcp]}" "${got[hello]}" "${got[rmcp]}" "$bad" "$noisy" >>"$PAIRS"
     done
@@ -427,8 +426,9 @@ median_int() {
 # row once put read_file's rate at 39k req/s where its rounds ran at 98-116k).
 declare -A HALF
 for w in $WORKLOADS; do
-    ROUND_RPS=()
     case " $PAIR_WORKLOADS " in *" $w "*) paired_rounds "$w" ;; esac
+    # coremcp's req/s in this workload's rounds, as paired_rounds recorded them.
+    mapfile -t ROUND_RPS < <(awk -F'\t' -v w="$w" '$1 == w { print $3 }' "$PAIRS")
     for kind in $SERVERS; do
         [ "$kind" = coremcp2 ] && [ -z "$SHARDS2_CPUS" ] && continue
         # Only query_db has an answer cache to turn off.
@@ -543,6 +543,9 @@ def paired_ratio(w, other):
     """Median over the rounds of coremcp / other, None without such rounds."""
     i = IN_PAIR[other]
     return median([p[0] / p[i] for p in pairs.get(w, []) if p[0] and p[i]])
+# Per workload: coremcp's median ratio to each other server over the rounds.
+BY_PAIRS = {w: {other: paired_ratio(w, other) for other in IN_PAIR}
+            for w in dict.fromkeys([r[1] for r in rows] + list(pairs))}
 def reference(w, other):
     """The peer's or the ceiling's req/s: the median of its paired runs, else its row."""
     got = median([p[IN_PAIR[other]] for p in pairs.get(w, []) if p[IN_PAIR[other]]])
@@ -553,7 +556,7 @@ print("| workload | server | req/s | p50 | p99 | p99.9 | fixed rate | p50 @rate 
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 names = {"coremcp": "coremcp (1 shard)", "coremcp-release": "coremcp (1 shard, plain release build)", "coremcp-spin": f"coremcp (1 shard, poll_spin_us {poll_spin})", "coremcp-nowait": "coremcp (1 shard, poll_wait_us 0)", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
 for w in dict.fromkeys(r[1] for r in rows):
-    by_pairs = {other: paired_ratio(w, other) for other in IN_PAIR}
+    by_pairs = BY_PAIRS[w]
     for k in ("coremcp", "coremcp-release", "coremcp-spin", "coremcp-nowait", "coremcp-nokeep", "rmcp", "coremcp2", "hello"):
         r = R.get((k, w))
         if not r: continue
@@ -588,7 +591,7 @@ if pairs:
             if h: parts.append(f"ceiling {h:,.0f} ({c / h:.0%})")
             if pe: parts.append(f"peer {pe:,.0f} ({c / pe:.1f}×)")
             cells.append(", ".join(parts) + (f" ⚠ {bad} bad" if bad else "") + (" ⚠ busy" if noisy else ""))
-        by_pairs = {other: paired_ratio(w, other) for other in IN_PAIR}
+        by_pairs = BY_PAIRS[w]
         medians = []
         if by_pairs["hello"] is not None: medians.append(f"to the ceiling {by_pairs['hello']:.0%}")
         if by_pairs["rmcp"] is not None: medians.append(f"to the peer {by_pairs['rmcp']:.1f}×")
