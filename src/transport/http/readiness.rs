@@ -460,6 +460,7 @@ mod tests {
     /// The slack is the calling thread's, as the kernel reports it back.
     #[test]
     fn the_timer_slack_is_set_on_the_calling_thread() {
+        // SAFETY: plain prctl that reads the calling thread's slack.
         let slack_ns = || unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) };
         std::thread::spawn(move || {
             let before = slack_ns();
