@@ -74,8 +74,9 @@ pub const MAX_POLL_SPIN_US: u64 = 10_000;
 /// rings, so a timer, an accept or a socket turning writable is seen up to this
 /// late, or up to a connection slice late if that is longer (the wait's timer
 /// is given that slack so that it never costs a reprogramming of the CPU's
-/// timer: `transport::http::readiness`, item 45); work the shard's own tasks hand to other threads is not, since the pump
-/// does not wait while any is out ([`crate::shard::offload`]).
+/// timer: `transport::http::readiness`, item 45); work the shard's own tasks
+/// hand to other threads is not, since the pump does not wait while any is out
+/// ([`crate::shard::offload`]).
 pub const DEFAULT_POLL_WAIT_US: u64 = 500;
 /// Longest `runtime.poll_wait_us` accepted: a wait this long already holds back
 /// everything but requests for ten connection slices.

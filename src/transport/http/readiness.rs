@@ -220,10 +220,11 @@ impl Readiness {
 /// wakes the thread first, each reprogram the CPU's timer device, and on a KVM
 /// guest each of those writes exits to the host. At read_file's half rate
 /// (50k req/s) on the 2-vCPU VM, with a 500 µs wait, the shard used 14.2–15.2 µs
-/// of CPU per request; with this slack 12.3–13.3 (docs/performance.md, item 45).
+/// of CPU per request; with this slack 12.3–13.1 (docs/performance.md, item 45).
 ///
-/// glommio's preemption timer is pending while the connections run: due one
-/// `slice` after their turn began, so never later than `slice` from now. With
+/// glommio's preemption timer is pending while the connections' queue runs,
+/// the pump among them: due one `slice` after their turn began, so never later
+/// than `slice` from now. With
 /// the slack, the wait's latest end is `slice` from when it began: never before
 /// that preemption timer, so its arming and cancelling reprogram nothing. The
 /// kernel ends a wait whose `wait` has passed at the first timer interrupt after
