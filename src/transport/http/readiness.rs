@@ -224,12 +224,11 @@ impl Readiness {
 ///
 /// glommio's preemption timer is pending while the connections' queue runs,
 /// the pump among them: due one `slice` after their turn began, so never later
-/// than `slice` from now. With
-/// the slack, the wait's latest end is `slice` from when it began: never before
-/// that preemption timer, so its arming and cancelling reprogram nothing. The
-/// kernel ends a wait whose `wait` has passed at the first timer interrupt after
-/// that (as a rule, that preemption timer's), and at the latest `slice` after it
-/// began. So what the pump holds back while it waits (timers, accepts) is seen
+/// than `slice` from now. With the slack, the wait's latest end is `slice` from
+/// when it began: never before that preemption timer, so its arming and
+/// cancelling reprogram nothing. The kernel ends a wait whose `wait` has passed
+/// at the first timer interrupt after that (as a rule, that preemption
+/// timer's), and at the latest `slice` after it began. So what the pump holds back while it waits (timers, accepts) is seen
 /// at most a connection slice late: the latency the connections' queue is
 /// already allowed to keep every other queue waiting.
 ///
