@@ -277,10 +277,12 @@ closed_loop() { # workload seconds
 }
 
 # Fixed rate with coordinated-omission correction; appends
-# "achieved_rps p50 p99 p999 non200 generator_busy% generator_lag_p99 starved" (µs;
-# the last three "-" for oha). The lag is how late the generator wrote requests
-# after they were due; starved counts those that fell due while every connection
-# waited on the server (that lag is the server's; the rest is the generator's own). BENCH_FIXED_GEN picks the generator:
+# "achieved_rps p50 p99 p999 non200 generator_busy% generator_lag_p99 starved
+# silence_ms" (µs; the last four "-" for oha). The lag is how late the generator
+# wrote requests after they were due; starved counts those that fell due while
+# every connection waited on the server (that lag is the server's; the rest is
+# the generator's own); silence is how long answers stopped, in gaps of 1 ms or
+# more with a request in flight: stalls of the server or of either CPU. BENCH_FIXED_GEN picks the generator:
 # loadgen (default, benches/loadgen: one thread, one write per request, so its
 # own queueing stays out of the numbers) or oha (a hello-world server measured
 # through oha at 38k req/s on this 2-vCPU VM shows p99 4.2 ms; through loadgen
@@ -302,7 +304,7 @@ d = json.load(open(sys.argv[1]))
 # No latency at all (unsustainable from the first second): "-" cells.
 us = lambda ms: "-" if ms is None else round(ms * 1000)
 print(round(d["rate_achieved"]), us(d["p50_ms"]), us(d["p99_ms"]), us(d["p999_ms"]), d["errors"] + d["non2xx"] + d["unexpected"],
-      round(d["cpu_busy"] * 100), us(d["send_lag_p99_ms"]), d["starved"])
+      round(d["cpu_busy"] * 100), us(d["send_lag_p99_ms"]), d["starved"], round(d["silence_ms"]))
 PY
         return
     fi
@@ -322,7 +324,7 @@ codes = d.get("statusCodeDistribution", {})
 errors = {k: n for k, n in d.get("errorDistribution", {}).items() if "aborted due to deadline" not in k}
 bad = sum(n for c, n in codes.items() if c != "200") + sum(errors.values())
 us = lambda s: round((s or 0) * 1e6)
-print(round(d["summary"]["requestsPerSec"]), us(p["p50"]), us(p["p99"]), us(p["p99.9"]), bad, "-", "-", "-")
+print(round(d["summary"]["requestsPerSec"]), us(p["p50"]), us(p["p99"]), us(p["p99.9"]), bad, "-", "-", "-", "-")
 PY
 }
 
@@ -352,9 +354,9 @@ steal_ticks() { # cpu
 }
 
 # Runs fixed_rate FIXED_RUNS times and prints the run with the median p99 as
-# "achieved p50 p99 p999 bad genbusy% genlag starved busy% all-p99s", busy% being the
-# server's CPU use over the run (warm-up included: same rate), all-p99s each run's
-# "p99/genlag/starved/server_steal_ms/generator_steal_ms". A server that cannot sustain the
+# "achieved p50 p99 p999 bad genbusy% genlag starved silence busy% all-p99s", busy%
+# being the server's CPU use over the run (warm-up included: same rate), all-p99s
+# each run's "p99/genlag/starved/silence_ms/server_steal_ms/generator_steal_ms". A server that cannot sustain the
 # rate will not on a second try, so an unsustainable run ends the repeats.
 fixed_rate_runs() { # workload rate seconds
     local i t0 s0 l0 line busy steal_s steal_l runs=()
@@ -367,7 +369,7 @@ fixed_rate_runs() { # workload rate seconds
         steal_s=$(( ($(steal_ticks "$SERVER_CPU") - s0) * 1000 / TICKS_PER_SEC ))
         steal_l=$(( ($(steal_ticks "$LOAD_CPU") - l0) * 1000 / TICKS_PER_SEC ))
         runs+=("$line $busy $steal_s $steal_l")
-        say "   fixed $2 req/s, run $i: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %, generator lag p99 µs, requests that waited for a free connection), server busy ${busy}%, steal ${steal_s} ms on the server's CPU and ${steal_l} ms on the generator's"
+        say "   fixed $2 req/s, run $i: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %, generator lag p99 µs, requests that waited for a free connection, ms without answers in gaps of 1 ms or more), server busy ${busy}%, steal ${steal_s} ms on the server's CPU and ${steal_l} ms on the generator's"
         [ "$(echo "$line" | cut -d' ' -f3)" = "-" ] && break
     done
     printf '%s\n' "${runs[@]}" | python3 -c '
@@ -375,7 +377,7 @@ import sys
 runs = [l.split() for l in sys.stdin if l.strip()]
 key = lambda r: float("inf") if r[2] == "-" else float(r[2])
 runs.sort(key=key)
-print(" ".join(runs[(len(runs) - 1) // 2][:9]), ",".join("/".join((r[2], r[6], r[7], r[9], r[10])) for r in runs))'
+print(" ".join(runs[(len(runs) - 1) // 2][:10]), ",".join("/".join((r[2], r[6], r[7], r[8], r[10], r[11])) for r in runs))'
 }
 
 # coremcp (1 shard), the ceiling and the peer (those of them in SERVERS) back
@@ -454,7 +456,7 @@ for w in $WORKLOADS; do
         # Its own half: its own latency at its own operating point.
         [ "$kind" = coremcp-nokeep ] && rate=$((rps / 2))
         if [ "$rate" -gt 0 ] && [ "$kind" != coremcp2 ]; then
-            read -r frps fp50 fp99 fp999 fbad fgen flag _ fbusy fp99s < <(fixed_rate_runs "$w" "$rate" "$SECONDS_PER_RUN")
+            read -r frps fp50 fp99 fp999 fbad fgen flag _ _ fbusy fp99s < <(fixed_rate_runs "$w" "$rate" "$SECONDS_PER_RUN")
             say "   fixed $rate req/s (median of p99s $fp99s µs): achieved $frps, p50 ${fp50} µs, p99 ${fp99} µs, p99.9 ${fp999} µs (not 200: $fbad), server busy ${fbusy}%, generator busy ${fgen}%, generator lag p99 ${flag} µs"
         else
             frps=- fp50=- fp99=- fp999=- fbad=0 fgen=- flag=- fbusy=- fp99s=-
@@ -598,14 +600,16 @@ if pairs:
         print(f"- {w}: " + "; ".join(cells) + ". Median ratio " + ", ".join(medians) + ".")
     print()
 print("p99 of every fixed-rate run, ms (in brackets, the generator's lag p99; how many "
-      "requests fell due while every connection waited on the server; and the host's steal "
+      "requests fell due while every connection waited on the server; how long answers "
+      "stopped in gaps of 1 ms or more with a request in flight, ms: a stall of the server, "
+      "or of either vCPU, which the servers' rows can be compared by; and the host's steal "
       "time during the run on the server's / the generator's vCPU, ms, from /proc/stat "
       "in 10 ms ticks: how long the host kept each off its CPU while it had work):")
 for r in rows:
     if r[17] != "-":
         runs = [x.split("/") for x in r[17].split(",")]
         print(f"- {r[1]}, {names[r[0]]}: " + ", ".join(
-            f"{ms(p)} ({ms(lag)}; {n}; steal {ss} / {sl})" for p, lag, n, ss, sl in runs))
+            f"{ms(p)} ({ms(lag)}; {n}; silent {gap}; steal {ss} / {sl})" for p, lag, n, gap, ss, sl in runs))
 print()
 print("Every answer was checked: status 2xx and no socket error (wrk, loadgen), a JSON-RPC result "
       "that is not a tool error (loadgen, every fixed-rate answer), and for coremcp no failed call "

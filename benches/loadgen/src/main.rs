@@ -27,6 +27,16 @@
 //! lag with `starved` near 0 is the generator's own (its CPU, or the VM waking
 //! it late).
 //!
+//! And how long answers stopped: `silence_ms` sums every gap of at least
+//! [`SILENCE_MIN`] between answers while a request was in flight (from the
+//! later of the previous answer and the request's write to its answer), and
+//! `silences` counts them. At these rates an answer comes every few tens of
+//! µs, so a gap that long is a stall: of the server, of its CPU, or of the
+//! generator's (it reads nothing while it is off its CPU). Servers run on the
+//! same machine minutes apart meet much the same stalls; where one server's
+//! silences are no longer than another's, its longer tail is its own: how fast
+//! it caught up after them.
+//!
 //! What it checks: every answer is read whole (Content-Length) and counted as
 //! `non2xx` unless its status is 2xx, and, with `--require S` / `--reject S`,
 //! counted as `unexpected` unless its body contains every required string and
@@ -59,6 +69,9 @@ const MAX_BACKLOG_SECS: f64 = 1.0;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response accepted (head and body).
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// The shortest gap between answers, with a request in flight, counted in
+/// `silence_ms`: the p99 target's own bound, and ~50 answers' time at 50k req/s.
+const SILENCE_MIN: Duration = Duration::from_millis(1);
 
 /// `--probe-secs`: the shortest gap in a busy loop counted as a stall (well
 /// above a loop turn and a timer tick), one counted as long, and the longest
@@ -390,6 +403,10 @@ fn main() {
     let cpu0 = cpu_time();
     let due_of = |k: u64| t0 + Duration::from_secs_f64(k as f64 * interval);
     let mut last_send = t0;
+    // When the last answer was read, and the gaps between answers (with a
+    // request in flight) of at least SILENCE_MIN, after the warm-up.
+    let mut last_answer = t0;
+    let (mut silence, mut silences) = (Duration::ZERO, 0u64);
     loop {
         let now = Instant::now();
         // Send every due request a free connection can take.
@@ -461,8 +478,14 @@ fn main() {
                     let due = c.due.take().expect("in flight");
                     done += 1;
                     answered += 1;
+                    let now = Instant::now();
+                    let gap = now.saturating_duration_since(last_answer.max(c.sent));
+                    last_answer = now;
                     if due >= due_of(warm) {
-                        let now = Instant::now();
+                        if gap >= SILENCE_MIN {
+                            silence += gap;
+                            silences += 1;
+                        }
                         let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
                         latencies.push(us(now.saturating_duration_since(due)));
                         send_lags.push(us(c.sent.saturating_duration_since(due)));
@@ -553,7 +576,7 @@ fn main() {
             }
         };
         println!(
-            "{{\"rate_target\":{},\"rate_achieved\":{:.0},\"requests\":{},\"errors\":{},\"non2xx\":{},\"unexpected\":{},\"p50_ms\":{},\"p90_ms\":{},\"p99_ms\":{},\"p999_ms\":{},\"max_ms\":{},\"unsustainable\":{},\"cpu_busy\":{:.3},\"send_lag_p99_ms\":{},\"from_send_p99_ms\":{},\"starved\":{}}}",
+            "{{\"rate_target\":{},\"rate_achieved\":{:.0},\"requests\":{},\"errors\":{},\"non2xx\":{},\"unexpected\":{},\"p50_ms\":{},\"p90_ms\":{},\"p99_ms\":{},\"p999_ms\":{},\"max_ms\":{},\"unsustainable\":{},\"cpu_busy\":{:.3},\"send_lag_p99_ms\":{},\"from_send_p99_ms\":{},\"starved\":{},\"silence_ms\":{:.1},\"silences\":{}}}",
             a.rate,
             achieved,
             latencies.len(),
@@ -569,11 +592,13 @@ fn main() {
             cpu_busy,
             j(lag_p99),
             j(sent_p99),
-            starved
+            starved,
+            silence.as_secs_f64() * 1e3,
+            silences
         );
     } else {
         println!(
-            "rate {} (achieved {:.0}) over {} connections: {} requests, p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}; errors {}, non-2xx {}, unexpected bodies {}; generator CPU {:.0}%; p99 of due→sent {:.3}, of sent→answered {:.3}; {} waited for a free connection{}",
+            "rate {} (achieved {:.0}) over {} connections: {} requests, p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}; errors {}, non-2xx {}, unexpected bodies {}; generator CPU {:.0}%; p99 of due→sent {:.3}, of sent→answered {:.3}; {} waited for a free connection; answers stopped {} times for {:.1} ms in all{}",
             a.rate,
             achieved,
             a.connections,
@@ -590,6 +615,8 @@ fn main() {
             lag_p99,
             sent_p99,
             starved,
+            silences,
+            silence.as_secs_f64() * 1e3,
             if unsustainable { " — UNSUSTAINABLE: the backlog passed 1 s" } else { "" }
         );
     }
