@@ -282,11 +282,11 @@ closed_loop() { # workload seconds
 # wrote requests after they were due; starved counts those that fell due while
 # every connection waited on the server (that lag is the server's; the rest is
 # the generator's own); silence is how long answers stopped, in gaps of 1 ms or
-# more with a request in flight: stalls of the server or of either CPU. BENCH_FIXED_GEN picks the generator:
-# loadgen (default, benches/loadgen: one thread, one write per request, so its
-# own queueing stays out of the numbers) or oha (a hello-world server measured
-# through oha at 38k req/s on this 2-vCPU VM shows p99 4.2 ms; through loadgen
-# 0.43 ms).
+# more with a request in flight: stalls of the server or of either CPU.
+# BENCH_FIXED_GEN picks the generator: loadgen (default, benches/loadgen: one
+# thread, one write per request, so its own queueing stays out of the numbers) or
+# oha (a hello-world server measured through oha at 38k req/s on this 2-vCPU VM
+# shows p99 4.2 ms; through loadgen 0.43 ms).
 fixed_rate() { # workload rate seconds
     if [ "$FIXED_GEN" = loadgen ]; then
         local args=() h
@@ -356,8 +356,9 @@ steal_ticks() { # cpu
 # Runs fixed_rate FIXED_RUNS times and prints the run with the median p99 as
 # "achieved p50 p99 p999 bad genbusy% genlag starved silence busy% all-p99s", busy%
 # being the server's CPU use over the run (warm-up included: same rate), all-p99s
-# each run's "p99/genlag/starved/silence_ms/server_steal_ms/generator_steal_ms". A server that cannot sustain the
-# rate will not on a second try, so an unsustainable run ends the repeats.
+# each run's "p99/genlag/starved/silence_ms/server_steal_ms/generator_steal_ms". A
+# server that cannot sustain the rate will not on a second try, so an unsustainable
+# run ends the repeats.
 fixed_rate_runs() { # workload rate seconds
     local i t0 s0 l0 line busy steal_s steal_l runs=()
     for i in $(seq "$FIXED_RUNS"); do
