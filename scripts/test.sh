@@ -5,6 +5,8 @@
 #   2. pytest tests/interop  — the official MCP Python SDK client (legacy, auto,
 #                              2026-07-28, stdio), the official conformance suite
 #                              and the MCP Inspector CLI (HTTP and stdio)
+#   3. pytest tests/scripts  — the benchmark's analysis script (scripts/catchup.py)
+#                              against a constructed loadgen dump
 # Installs go under .tools/ (git-ignored) and are reused when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,3 +43,6 @@ cargo test --locked --all-targets
 step "interop: Python SDK client, conformance suite, MCP Inspector"
 export COREMCP_BIN="$ROOT/target/debug/coremcp"
 "$TOOLS/venv/bin/python" -m pytest tests/interop -q
+
+step "scripts: catchup.py on a constructed loadgen dump"
+"$TOOLS/venv/bin/python" -m pytest tests/scripts -q

@@ -54,6 +54,14 @@
 //! `--spin-us N`: when the next request is due within N µs, poll for answers
 //! without sleeping (default 0: always sleep until due). Costs the generator's
 //! whole CPU; worth it where waking from a timed sleep is slow (VMs).
+//!
+//! `--dump FILE`: also write every measured answer, one line each, for a closer
+//! look at a tail than percentiles give (`scripts/catchup.py` reads it: the
+//! silences, and how fast the server caught up after each). The first line is
+//! `# t0_monotonic_ns N`, the `CLOCK_MONOTONIC` time the run's offsets count
+//! from, to line the answers up with a kernel trace (ftrace's `mono` clock);
+//! then `answered_us latency_us send_lag_us`: when the answer was read, from
+//! t0; its latency from its due time; and how late it was written.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -98,11 +106,13 @@ struct Args {
     require: Vec<String>,
     /// Strings no answer's body may contain.
     reject: Vec<String>,
+    /// Where to write every measured answer (`--dump`).
+    dump: Option<String>,
 }
 
 fn usage(why: &str) -> ! {
     eprintln!("loadgen: {why}");
-    eprintln!("usage: loadgen --url http://127.0.0.1:PORT/PATH --rate R --connections C --duration-secs D [--warmup-secs W] [--method POST] [--header 'N: v']... [--body S | --body-file F] [--require S]... [--reject S]... [--spin-us N] [--json]\n       loadgen --probe-secs S   (spin S seconds on this CPU; report the time lost to stalls)");
+    eprintln!("usage: loadgen --url http://127.0.0.1:PORT/PATH --rate R --connections C --duration-secs D [--warmup-secs W] [--method POST] [--header 'N: v']... [--body S | --body-file F] [--require S]... [--reject S]... [--spin-us N] [--json] [--dump FILE]\n       loadgen --probe-secs S   (spin S seconds on this CPU; report the time lost to stalls)");
     std::process::exit(2);
 }
 
@@ -122,6 +132,7 @@ fn parse_args() -> Args {
         json: false,
         require: Vec::new(),
         reject: Vec::new(),
+        dump: None,
     };
     let mut url = None;
     let mut it = std::env::args().skip(1);
@@ -158,6 +169,7 @@ fn parse_args() -> Args {
             "--json" => a.json = true,
             "--require" => a.require.push(val()),
             "--reject" => a.reject.push(val()),
+            "--dump" => a.dump = Some(val()),
             _ => usage(&format!("unknown flag {flag}")),
         }
     }
@@ -380,6 +392,11 @@ fn main() {
     // or a backlog waiting for a free connection) and written → answered.
     let mut send_lags: Vec<u32> = Vec::with_capacity((total - warm) as usize);
     let mut from_send: Vec<u32> = Vec::with_capacity((total - warm) as usize);
+    // `--dump`: (answered, latency, send lag) of every measured answer, µs.
+    let mut dump: Vec<(u32, u32, u32)> = match a.dump {
+        Some(_) => Vec::with_capacity((total - warm) as usize),
+        None => Vec::new(),
+    };
     // Requests below this index fell due while every connection was busy: their
     // lag is the server's doing, not the generator's. `starved` counts them.
     let mut starved_below: u64 = 0;
@@ -400,6 +417,14 @@ fn main() {
     let mut answered: u64 = 0;
     let mut chunk = vec![0u8; 64 * 1024];
     let t0 = Instant::now() + Duration::from_millis(10);
+    // The same instant on CLOCK_MONOTONIC (`Instant`'s clock on Linux), read
+    // straight after: --dump's lines count from it.
+    let t0_mono_ns = {
+        // SAFETY: clock_gettime writes one `timespec` into the value it is given.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64 + 10_000_000
+    };
     let cpu0 = cpu_time();
     let due_of = |k: u64| t0 + Duration::from_secs_f64(k as f64 * interval);
     let mut last_send = t0;
@@ -490,6 +515,13 @@ fn main() {
                         latencies.push(us(now.saturating_duration_since(due)));
                         send_lags.push(us(c.sent.saturating_duration_since(due)));
                         from_send.push(us(now.saturating_duration_since(c.sent)));
+                        if a.dump.is_some() {
+                            dump.push((
+                                us(now.saturating_duration_since(t0)),
+                                us(now.saturating_duration_since(due)),
+                                us(c.sent.saturating_duration_since(due)),
+                            ));
+                        }
                         if !(200..300).contains(&status) {
                             non2xx += 1;
                         }
@@ -550,6 +582,9 @@ fn main() {
     // included, so a server that could not keep up from the start still shows
     // what it did manage.
     let elapsed = Instant::now().saturating_duration_since(t0).as_secs_f64();
+    if let Some(path) = &a.dump {
+        write_dump(path, t0_mono_ns, &dump);
+    }
     latencies.sort_unstable();
     send_lags.sort_unstable();
     from_send.sort_unstable();
@@ -619,6 +654,19 @@ fn main() {
             silence.as_secs_f64() * 1e3,
             if unsustainable { " — UNSUSTAINABLE: the backlog passed 1 s" } else { "" }
         );
+    }
+}
+
+/// Writes `--dump`'s file (format in the module doc). A failure is reported and
+/// the run's numbers are still printed: the dump is extra, not the result.
+fn write_dump(path: &str, t0_mono_ns: u64, answers: &[(u32, u32, u32)]) {
+    let mut out = String::with_capacity(32 + answers.len() * 24);
+    out.push_str(&format!("# t0_monotonic_ns {t0_mono_ns}\n"));
+    for (answered, latency, lag) in answers {
+        out.push_str(&format!("{answered} {latency} {lag}\n"));
+    }
+    if let Err(e) = std::fs::write(path, out) {
+        eprintln!("loadgen: cannot write --dump {path}: {e}");
     }
 }
 
