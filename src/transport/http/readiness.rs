@@ -228,9 +228,10 @@ impl Readiness {
 /// when it began: never before that preemption timer, so its arming and
 /// cancelling reprogram nothing. The kernel ends a wait whose `wait` has passed
 /// at the first timer interrupt after that (as a rule, that preemption
-/// timer's), and at the latest `slice` after it began. So what the pump holds back while it waits (timers, accepts) is seen
-/// at most a connection slice late: the latency the connections' queue is
-/// already allowed to keep every other queue waiting.
+/// timer's), and at the latest `slice` after it began. So what the pump holds
+/// back while it waits (timers, accepts) is seen at most a connection slice
+/// late: the latency the connections' queue is already allowed to keep every
+/// other queue waiting.
 ///
 /// The kernel's slack for a wait is the larger of the thread's (50 µs unless set)
 /// and a thousandth of the wait, so a wait of a slice or more needs none.
