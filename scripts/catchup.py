@@ -10,8 +10,8 @@ prints:
   flight (as loadgen's `silence_ms` counts them), in all and beyond each one's
   first millisecond, which is the part that puts answers over 1 ms;
 - the catch-ups: each run of answers over 1 ms (answers less than 2 ms apart)
-  whose worst is 2 ms or more, and how many answers per second the server gave
-  during it;
+  whose worst is 2 ms or more and that lasts 1 ms or more, and how many answers
+  per second the server gave during it;
 - what a silence G then a catch-up at C, with requests due at R, should cost:
   R * (G - 1 ms) / (1 - R / C) answers over 1 ms each, summed, against what was
   measured. Where the measured count is well above it, the server caught up
@@ -92,8 +92,8 @@ def analyse(rows):
         "catch_up_rates": rates,
         "predicted": None,
     }
-    if rates and statistics.median(rates) > rate:
-        catch_up = statistics.median(rates)
+    catch_up = statistics.median(rates) if rates else None
+    if catch_up is not None and catch_up > rate:
         result["predicted"] = rate * (result["beyond_us"] / 1e6) / (1 - rate / catch_up)
     return result
 

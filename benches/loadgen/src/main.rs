@@ -512,15 +512,15 @@ fn main() {
                             silences += 1;
                         }
                         let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
-                        latencies.push(us(now.saturating_duration_since(due)));
-                        send_lags.push(us(c.sent.saturating_duration_since(due)));
+                        let (latency, lag) = (
+                            us(now.saturating_duration_since(due)),
+                            us(c.sent.saturating_duration_since(due)),
+                        );
+                        latencies.push(latency);
+                        send_lags.push(lag);
                         from_send.push(us(now.saturating_duration_since(c.sent)));
                         if a.dump.is_some() {
-                            dump.push((
-                                us(now.saturating_duration_since(t0)),
-                                us(now.saturating_duration_since(due)),
-                                us(c.sent.saturating_duration_since(due)),
-                            ));
+                            dump.push((us(now.saturating_duration_since(t0)), latency, lag));
                         }
                         if !(200..300).contains(&status) {
                             non2xx += 1;
