@@ -214,7 +214,7 @@ async fn run_shard(
     // Before the first await, so that it also covers start-up (the mesh join
     // below spins on runnable tasks while the other shards arrive).
     start_heartbeat(config.heartbeat);
-    let listener = match glommio::net::TcpListener::bind(config.listen) {
+    let listener = match http::Listener::bind(config.listen) {
         Ok(l) => l,
         Err(e) => {
             return fail(format!(

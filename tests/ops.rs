@@ -1,5 +1,5 @@
 //! Operating the server, against the real binary: /metrics after calls, /readyz,
-//! and a graceful SIGTERM with a call in flight.
+//! a graceful SIGTERM with a call in flight, and a restart on the same port.
 
 mod common;
 
@@ -202,4 +202,48 @@ fn sigterm_lets_the_call_in_flight_finish_then_exits_0() {
         std::thread::yield_now();
     };
     assert_eq!(status.code(), Some(0), "{status}");
+}
+
+/// A server that has exited leaves its port free at once: connecting is refused
+/// and a new server can listen there. The accepts waiting in each shard's
+/// io_uring hold the listening sockets past the process's exit unless they are
+/// shut down first, and the port's check at start-up would then refuse the
+/// restart (another process "already listens there").
+#[test]
+fn the_port_is_free_as_soon_as_the_server_exits() {
+    let tmp = temp_dir("ops-restart");
+    let root = tmp.path().to_str().unwrap();
+    let mut s = Server::start(&["--shards", "2", "--root", root]);
+    let addr = s.addr;
+    // Served once, so each shard has been through its accept loop.
+    for _ in 0..4 {
+        let r = s.connect().request("GET", "/healthz", &[], b"");
+        assert_eq!(r.status, 200);
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) }, 0);
+    let status = s.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+
+    let refused = std::net::TcpStream::connect(addr).map(|_| ()).unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+    let mut again = std::process::Command::new(bin());
+    again.args([
+        "serve",
+        "--listen",
+        &addr.to_string(),
+        "--shards",
+        "2",
+        "--root",
+        root,
+    ]);
+    let mut s2 = Server::spawn(again);
+    assert_eq!(s2.addr, addr);
+    let r = s2.connect().request("GET", "/healthz", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(s2.alive());
 }

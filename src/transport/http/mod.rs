@@ -14,6 +14,8 @@ pub mod slots;
 pub mod sse;
 
 use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -28,6 +30,55 @@ pub use readiness::Readiness;
 /// does not spin while connections close and free some.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
+/// Connections the kernel may queue for a shard before it accepts them: what
+/// glommio's own `TcpListener::bind` asks for. Past it, new connections wait in
+/// SYN retries rather than being refused.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// One shard's listening socket (`SO_REUSEPORT`: every shard binds the same port
+/// and the kernel spreads connections among them).
+///
+/// It keeps its descriptor so that [`accept_loop`] can take it off the port
+/// the moment shutdown starts. Closing it is not enough: the accept waiting in
+/// glommio's io_uring holds the socket too, and a ring torn down as the process
+/// exits lets go of it later, from a kernel worker. Until then the port still
+/// takes connections that nobody will answer, and a server restarted at once
+/// finds it in use and refuses to start.
+pub struct Listener {
+    inner: TcpListener,
+    fd: RawFd,
+}
+
+impl Listener {
+    /// Binds and listens on `addr`.
+    pub fn bind(addr: SocketAddr) -> std::io::Result<Listener> {
+        let domain = socket2::Domain::for_address(addr);
+        let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+        sock.set_reuse_port(true)?;
+        sock.bind(&addr.into())?;
+        sock.listen(LISTEN_BACKLOG)?;
+        let fd = sock.into_raw_fd();
+        // SAFETY: `fd` is a bound, listening TCP socket that nothing else owns;
+        // glommio makes it non-blocking and closes it when the listener drops.
+        let inner = unsafe { TcpListener::from_raw_fd(fd) };
+        Ok(Listener { inner, fd })
+    }
+
+    /// Stops listening, at once: the port is free for another server when this
+    /// returns, and connections queued but not yet accepted are reset (their
+    /// clients retry elsewhere) rather than left to time out.
+    fn stop(&self) {
+        // SAFETY: `fd` stays open as long as `inner`, which `self` owns; on a
+        // listening socket shutdown(2) only ends the listening.
+        let r = unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        debug_assert!(
+            r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN),
+            "shutdown of a listening socket: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Counts a shard's open connections; the count drops when the guard does, even
 /// if the connection's task ends by a panic.
 struct Open(Rc<Cell<usize>>, Rc<Shard>);
@@ -40,12 +91,12 @@ impl Drop for Open {
 }
 
 /// Accepts connections on this shard's listener until `stop` is cancelled
-/// (shutdown); the listener closes when this returns. `readiness` is the
+/// (shutdown); the listener is off its port when this returns. `readiness` is the
 /// shard's epoll set, made at start-up so that failing to make it stops the
 /// start, not the shard.
 pub async fn accept_loop(
     shard: Rc<Shard>,
-    listener: TcpListener,
+    listener: Listener,
     readiness: Rc<Readiness>,
     stop: &CancellationToken,
 ) {
@@ -73,12 +124,14 @@ pub async fn accept_loop(
         ),
     );
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stop.cancelled().await;
-            None
-        })
-        .await;
+        let accepted =
+            futures_lite::future::or(async { Some(listener.inner.accept().await) }, async {
+                stop.cancelled().await;
+                None
+            })
+            .await;
         let Some(accepted) = accepted else {
+            listener.stop();
             return;
         };
         let stream = match accepted {
