@@ -41,6 +41,7 @@ struct Up {
 
 /// Serves until the process is stopped. Returns an error that says what failed.
 pub fn serve(mut config: Config) -> Result<(), String> {
+    huge_page_policy(&config);
     raise_fd_limit();
     check_memlock()?;
     // Before any thread exists, so that every shard inherits the mask and the
@@ -454,6 +455,26 @@ fn raise_fd_limit() {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
+    }
+}
+
+/// Turns transparent huge pages off for this process unless the configuration
+/// allows them (config::DEFAULT_TRANSPARENT_HUGEPAGES says why). Process-wide
+/// and inherited by every thread, so it is set before the shards start; pages
+/// already collapsed stay huge, and at start-up there are next to none.
+pub fn huge_page_policy(config: &Config) {
+    if config.transparent_hugepages {
+        return;
+    }
+    // SAFETY: prctl with integer arguments only; it changes a flag of this
+    // process's memory map.
+    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if r != 0 {
+        crate::log!(
+            Warn,
+            "cannot turn transparent huge pages off for this process; khugepaged may stall the shards",
+            error = std::io::Error::last_os_error()
+        );
     }
 }
 

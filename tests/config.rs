@@ -169,3 +169,34 @@ fn a_tool_can_be_served_without_the_caches() {
         "cache = false reads from disk"
     );
 }
+
+/// `THP_enabled` of a running server, from its `/proc` status.
+fn thp_enabled(s: &Server) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .expect("a kernel that reports THP_enabled (Linux 5.0 or later)")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn transparent_huge_pages_are_off_unless_the_file_allows_them() {
+    let tmp = temp_dir("config-thp");
+    let dir = tmp.path();
+    let root = dir.to_str().unwrap();
+    let s = Server::start(&["--shards", "1", "--root", root]);
+    assert_eq!(thp_enabled(&s), "0", "the default turns THP off");
+    drop(s);
+    let cfg = write(dir, "c.toml", b"[runtime]\ntransparent_hugepages = true\n");
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--root",
+        root,
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(thp_enabled(&s), "1", "the file allows THP");
+}

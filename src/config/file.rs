@@ -50,6 +50,7 @@ struct RuntimeFile {
     heartbeat_ms: Option<Spanned<u64>>,
     poll_spin_us: Option<Spanned<u64>>,
     poll_wait_us: Option<Spanned<u64>>,
+    transparent_hugepages: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -239,6 +240,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
             cfg.poll_wait = super::pump_window(*w.get_ref(), super::MAX_POLL_WAIT_US)
                 .map_err(|e| src.error(w.span(), "runtime.poll_wait_us", e))?;
         }
+        if let Some(t) = rt.transparent_hugepages {
+            cfg.transparent_hugepages = t;
+        }
     }
     for (name, value) in file.limits.unwrap_or_default() {
         set_limit_value(&mut cfg.limits, &name, *value.get_ref())
@@ -391,6 +395,7 @@ connection_latency_ms = 2
 heartbeat_ms = 5
 poll_spin_us = 100
 poll_wait_us = 250
+transparent_hugepages = true
 [limits]
 max_body_bytes = 1024
 idle_timeout = 500
@@ -419,6 +424,7 @@ timeout_ms = 100
         assert_eq!(cfg.heartbeat, Duration::from_millis(5));
         assert_eq!(cfg.poll_spin, Duration::from_micros(100));
         assert_eq!(cfg.poll_wait, Duration::from_micros(250));
+        assert!(cfg.transparent_hugepages);
         assert_eq!(cfg.limits.max_body_bytes, 1024);
         assert_eq!(cfg.limits.idle_timeout, Duration::from_millis(500));
         assert_eq!(cfg.cache.file_bytes, 1 << 20);

@@ -30,6 +30,7 @@ enum Line {
 }
 
 pub fn serve(config: Config) -> Result<(), String> {
+    crate::server::huge_page_policy(&config);
     let config = Arc::new(config);
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("coremcp-stdio")
