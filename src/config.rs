@@ -52,7 +52,7 @@ pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
 /// waits for the copy; a collapse traced there took 4.9 ms, matched by a
 /// 5.1 ms silence, and purges split huge pages back. At read_file's half rate,
 /// 14 interleaved pairs (docs/performance.md, item 47) met 13 % less silence
-/// and 20 % fewer gaps over 1 ms with THP off, at the same CPU per request, and
+/// and 18 % fewer gaps over 1 ms with THP off, at the same CPU per request, and
 /// a peak RSS 10 MB lower (21 against 32 MB); the closed loop stayed within
 /// the noise. The working set of a shard is a few MB of hot cache entries,
 /// which is where huge pages would save TLB misses; the stalls cost more.
