@@ -119,6 +119,12 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Open connections per shard; further connections are accepted and closed at once
 /// so that the kernel backlog does not fill with clients that will never be served.
 pub const DEFAULT_MAX_CONNECTIONS_PER_SHARD: usize = 16_384;
+/// Connections the kernel queues for one shard's listener until the shard
+/// accepts them (listen(2)'s backlog, which the kernel caps at
+/// `net.core.somaxconn`). A shard accepts as fast as it runs, so the queue
+/// fills only in a burst of connects or a stall; past it the kernel drops the
+/// client's SYN, and the client retries it a second later.
+pub const DEFAULT_LISTEN_BACKLOG: usize = 1024;
 /// Answers to a pipelined burst gathered before they are written in one go.
 pub const DEFAULT_MAX_PIPELINED: usize = 64;
 /// Live handshake-era sessions across the whole process.
@@ -160,6 +166,7 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections_per_shard: usize,
+    pub listen_backlog: usize,
     pub max_pipelined: usize,
     pub max_sessions: usize,
     pub session_idle: Duration,
@@ -185,6 +192,7 @@ impl Default for Limits {
             header_timeout: Duration::from_millis(DEFAULT_HEADER_TIMEOUT_MS),
             idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
             max_connections_per_shard: DEFAULT_MAX_CONNECTIONS_PER_SHARD,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
             max_pipelined: DEFAULT_MAX_PIPELINED,
             max_sessions: DEFAULT_MAX_SESSIONS,
             session_idle: Duration::from_secs(DEFAULT_SESSION_IDLE_SECS),
@@ -383,6 +391,7 @@ pub const LIMIT_NAMES: &[&str] = &[
     "header_timeout",
     "idle_timeout",
     "max_connections_per_shard",
+    "listen_backlog",
     "max_pipelined",
     "max_sessions",
     "session_idle",
@@ -424,6 +433,12 @@ pub fn set_limit_value(limits: &mut Limits, name: &str, n: u64) -> Result<(), St
         "header_timeout" => limits.header_timeout = Duration::from_millis(n),
         "idle_timeout" => limits.idle_timeout = Duration::from_millis(n),
         "max_connections_per_shard" => limits.max_connections_per_shard = size,
+        "listen_backlog" => {
+            if n > i32::MAX as u64 {
+                return Err(format!("limit {name} must be at most {}", i32::MAX));
+            }
+            limits.listen_backlog = size
+        }
         "max_pipelined" => limits.max_pipelined = size,
         "max_sessions" => limits.max_sessions = size,
         "session_idle" => limits.session_idle = Duration::from_secs(n),

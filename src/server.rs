@@ -215,7 +215,7 @@ async fn run_shard(
     // Before the first await, so that it also covers start-up (the mesh join
     // below spins on runnable tasks while the other shards arrive).
     start_heartbeat(config.heartbeat);
-    let listener = match http::Listener::bind(config.listen) {
+    let listener = match http::Listener::bind(config.listen, config.limits.listen_backlog) {
         Ok(l) => l,
         Err(e) => {
             return fail(format!(

@@ -358,6 +358,13 @@ mod tests {
             e.contains(":2: runtime.poll_wait_us: must be at most 10000"),
             "{e}"
         );
+        let e = err("[limits]\nlisten_backlog = 2147483648\n");
+        assert!(
+            e.contains(
+                ":2: limits.listen_backlog: limit listen_backlog must be at most 2147483647"
+            ),
+            "{e}"
+        );
         let e = err("[runtime]\nheartbeat_ms = 5000\n");
         assert!(
             e.contains(":2: runtime.heartbeat_ms: must be at most 1000"),
@@ -399,6 +406,7 @@ transparent_hugepages = true
 [limits]
 max_body_bytes = 1024
 idle_timeout = 500
+listen_backlog = 16
 [cache]
 file_bytes = 1048576
 trees = 4
@@ -427,6 +435,7 @@ timeout_ms = 100
         assert!(cfg.transparent_hugepages);
         assert_eq!(cfg.limits.max_body_bytes, 1024);
         assert_eq!(cfg.limits.idle_timeout, Duration::from_millis(500));
+        assert_eq!(cfg.limits.listen_backlog, 16);
         assert_eq!(cfg.cache.file_bytes, 1 << 20);
         assert_eq!(cfg.cache.trees, 4);
         assert_eq!(cfg.cache.search_patterns, 3);

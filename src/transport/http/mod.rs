@@ -30,11 +30,6 @@ pub use readiness::Readiness;
 /// does not spin while connections close and free some.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
-/// Connections the kernel may queue for a shard before it accepts them: what
-/// glommio's own `TcpListener::bind` asks for. Past it, new connections wait in
-/// SYN retries rather than being refused.
-pub const LISTEN_BACKLOG: i32 = 1024;
-
 /// One shard's listening socket (`SO_REUSEPORT`: every shard binds the same port
 /// and the kernel spreads connections among them).
 ///
@@ -50,13 +45,14 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds and listens on `addr`.
-    pub fn bind(addr: SocketAddr) -> std::io::Result<Listener> {
+    /// Binds and listens on `addr`, with room for `backlog` connections not
+    /// yet accepted (`limits.listen_backlog`).
+    pub fn bind(addr: SocketAddr, backlog: usize) -> std::io::Result<Listener> {
         let domain = socket2::Domain::for_address(addr);
         let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
         sock.set_reuse_port(true)?;
         sock.bind(&addr.into())?;
-        sock.listen(LISTEN_BACKLOG)?;
+        sock.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
         let fd = sock.into_raw_fd();
         // SAFETY: `fd` is a bound, listening TCP socket that nothing else owns;
         // glommio makes it non-blocking and closes it when the listener drops.
