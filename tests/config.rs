@@ -170,15 +170,9 @@ fn a_tool_can_be_served_without_the_caches() {
     );
 }
 
-/// `THP_enabled` of a running server, from its `/proc` status.
+/// `THP_enabled` of a running server (Linux 5.0 or later reports it).
 fn thp_enabled(s: &Server) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("THP_enabled:"))
-        .expect("a kernel that reports THP_enabled (Linux 5.0 or later)")
-        .trim()
-        .to_string()
+    proc_status(s.child.id(), "THP_enabled")
 }
 
 #[test]

@@ -198,12 +198,7 @@ impl Stream {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
+    proc_status(pid, "VmRSS")
         .trim_end_matches("kB")
         .trim()
         .parse()

@@ -157,12 +157,7 @@ fn the_stdio_server_turns_transparent_huge_pages_off_too() {
     // Answered, so the policy set at start-up is in place.
     s.send(&json!({"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta": common::meta()}}));
     assert_eq!(s.recv()["id"], 1);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
-    let thp = status
-        .lines()
-        .find_map(|l| l.strip_prefix("THP_enabled:"))
-        .expect("a kernel that reports THP_enabled (Linux 5.0 or later)");
-    assert_eq!(thp.trim(), "0");
+    assert_eq!(common::proc_status(s.child.id(), "THP_enabled"), "0");
     let (status, _, _) = s.finish();
     assert!(status.success());
 }

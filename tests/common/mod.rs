@@ -330,6 +330,18 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// that runs of the suite leave nothing behind. Bind the guard before the
 /// [`Server`] that serves it: locals drop in reverse order, so the server stops
 /// first.
+/// One field of `/proc/PID/status` (`VmRSS`, `THP_enabled`, …), its value trimmed.
+pub fn proc_status(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let prefix = format!("{field}:");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
 pub fn temp_dir(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(&format!("coremcp-test-{name}-"))
