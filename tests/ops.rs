@@ -215,7 +215,7 @@ fn the_port_is_free_as_soon_as_the_server_exits() {
     let root = tmp.path().to_str().unwrap();
     let mut s = Server::start(&["--shards", "2", "--root", root]);
     let addr = s.addr;
-    // Served once, so each shard has been through its accept loop.
+    // A few requests first, as a server stopped in use would have served.
     for _ in 0..4 {
         let r = s.connect().request("GET", "/healthz", &[], b"");
         assert_eq!(r.status, 200);

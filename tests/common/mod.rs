@@ -325,11 +325,6 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A fresh directory for a test's files, named after the test; removed, with
-/// what is in it, when the returned guard drops (also when the test fails), so
-/// that runs of the suite leave nothing behind. Bind the guard before the
-/// [`Server`] that serves it: locals drop in reverse order, so the server stops
-/// first.
 /// One field of `/proc/PID/status` (`VmRSS`, `THP_enabled`, …), its value trimmed.
 pub fn proc_status(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -342,6 +337,11 @@ pub fn proc_status(pid: u32, field: &str) -> String {
         .to_string()
 }
 
+/// A fresh directory for a test's files, named after the test; removed, with
+/// what is in it, when the returned guard drops (also when the test fails), so
+/// that runs of the suite leave nothing behind. Bind the guard before the
+/// [`Server`] that serves it: locals drop in reverse order, so the server stops
+/// first.
 pub fn temp_dir(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(&format!("coremcp-test-{name}-"))
