@@ -418,18 +418,7 @@ pub(crate) fn poll_timer(timer: &mut glommio::timer::Timer) -> bool {
 /// Binds (without listening) a SO_REUSEPORT socket to resolve port 0 and hold the
 /// port while the shards bind it.
 fn reserve_port(addr: SocketAddr) -> Result<socket2::Socket, String> {
-    use socket2::{Domain, Socket, Type};
-    let domain = if addr.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let sock = Socket::new(domain, Type::STREAM, None)
-        .map_err(|e| format!("cannot create a socket: {e}"))?;
-    sock.set_reuse_port(true)
-        .map_err(|e| format!("SO_REUSEPORT: {e}"))?;
-    sock.bind(&addr.into())
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let sock = http::bind_shared(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     if addr.port() != 0 && port_has_listener(addr) {
         return Err(format!(
             "cannot listen on {addr}: another process already listens there (SO_REUSEPORT would share its traffic); stop it or pick another --listen"

@@ -48,10 +48,7 @@ impl Listener {
     /// Binds and listens on `addr`, with room for `backlog` connections not
     /// yet accepted (`limits.listen_backlog`).
     pub fn bind(addr: SocketAddr, backlog: usize) -> std::io::Result<Listener> {
-        let domain = socket2::Domain::for_address(addr);
-        let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
-        sock.set_reuse_port(true)?;
-        sock.bind(&addr.into())?;
+        let sock = bind_shared(addr)?;
         sock.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
         let fd = sock.into_raw_fd();
         // SAFETY: `fd` is a bound, listening TCP socket that nothing else owns;
@@ -73,6 +70,16 @@ impl Listener {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// A TCP socket bound to `addr` with `SO_REUSEPORT`, so that every shard's
+/// listener, and the reservation `server` holds while they start, share one port.
+pub fn bind_shared(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    Ok(sock)
 }
 
 /// Counts a shard's open connections; the count drops when the guard does, even
