@@ -68,6 +68,11 @@
 #                               workloads that get paired rounds (search_code is
 #                               ~2 % of the ceiling by nature and hundreds of times
 #                               the peer: a ratio to either says nothing more)
+#   BENCH_CEILING_BESIDE [1]    1: the ceiling's fixed-rate runs alternate with coremcp's
+#                               (1 shard), run for run, the ceiling waiting beside
+#                               it on port BENCH_PORT+1 (same CPU): the two are
+#                               compared on the same minute. 0: the ceiling's row
+#                               measures its own, minutes later
 #   BENCH_PROBE_SECS [10]       how long `loadgen --probe-secs` spins on both CPUs at once
 #                               before the rows, to show what the machine takes (table header)
 set -euo pipefail
@@ -98,6 +103,10 @@ PAIR_SECONDS=${BENCH_PAIR_SECONDS:-5}
 PAIR_WORKLOADS=${BENCH_PAIR_WORKLOADS:-read_file query_db tools_list}
 PROBE_SECONDS=${BENCH_PROBE_SECS:-10}
 URL="http://127.0.0.1:$PORT/mcp"
+CEILING_BESIDE=${BENCH_CEILING_BESIDE:-1}
+case " $SERVERS " in *" hello "*) ;; *) CEILING_BESIDE=0 ;; esac
+BESIDE_PORT=$((PORT + 1))
+BESIDE_URL="http://127.0.0.1:$BESIDE_PORT/mcp"
 WORK=$(mktemp -d /tmp/coremcp-bench.XXXXXX)
 RESULTS=$WORK/results.tsv
 PAIRS=$WORK/pairs.tsv
@@ -107,9 +116,10 @@ PAIRS=$WORK/pairs.tsv
 
 # ---------------------------------------------------------------- cleanup
 SERVER_PID=""
+BESIDE_PID=""
 LOAD_PID=""
 cleanup() {
-    for pid in $LOAD_PID $SERVER_PID; do
+    for pid in $LOAD_PID $SERVER_PID $BESIDE_PID; do
         if kill -0 "$pid" 2>/dev/null; then
             kill "$pid" 2>/dev/null || true
             wait "$pid" 2>/dev/null || true
@@ -138,6 +148,9 @@ if ! command -v oha >/dev/null; then
 fi
 
 port_taken && die "port $PORT is taken (ss -ltnp says so); SO_REUSEPORT would split the traffic. Stop that process or set BENCH_PORT."
+if [ "$CEILING_BESIDE" = 1 ] && PORT=$BESIDE_PORT port_taken; then
+    die "port $BESIDE_PORT (BENCH_PORT+1, for the ceiling beside coremcp) is taken (ss -ltnp says so). Stop that process, set BENCH_PORT, or BENCH_CEILING_BESIDE=0."
+fi
 [ "$(nproc)" -gt "$SERVER_CPU" ] || die "BENCH_SERVER_CPU=$SERVER_CPU but nproc is $(nproc)"
 
 # Other builds on the machine skew every number: note them (not fatal).
@@ -220,6 +233,29 @@ start_server() { # kind
     die "$1 did not start listening on $PORT"
 }
 
+# The ceiling beside coremcp (BENCH_CEILING_BESIDE): on BENCH_PORT+1, on the
+# server's CPU, idle while coremcp is measured. coremcp idle wakes ~10 times a
+# second (its timers), the ceiling idle not at all: neither takes anything that
+# shows from the other.
+start_beside() {
+    PORT=$BESIDE_PORT port_taken && die "port $BESIDE_PORT was taken by something else"
+    taskset -c "$SERVER_CPU" "$HELLO" "127.0.0.1:$BESIDE_PORT" >"$WORK/server-beside.log" 2>&1 &
+    BESIDE_PID=$!
+    for _ in $(seq 100); do
+        PORT=$BESIDE_PORT port_taken && return 0
+        kill -0 "$BESIDE_PID" 2>/dev/null || { cat "$WORK/server-beside.log" >&2; die "the ceiling beside coremcp exited at start"; }
+        sleep 0.05
+    done
+    die "the ceiling beside coremcp did not start listening on $BESIDE_PORT"
+}
+
+stop_beside() {
+    kill "$BESIDE_PID" 2>/dev/null || true
+    wait "$BESIDE_PID" 2>/dev/null || true
+    BESIDE_PID=""
+    for _ in $(seq 100); do PORT=$BESIDE_PORT port_taken || break; sleep 0.05; done
+}
+
 stop_server() {
     local hwm
     hwm=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)
@@ -287,11 +323,12 @@ closed_loop() { # workload seconds
 # thread, one write per request, so its own queueing stays out of the numbers) or
 # oha (a hello-world server measured through oha at 38k req/s on this 2-vCPU VM
 # shows p99 4.2 ms; through loadgen 0.43 ms).
-fixed_rate() { # workload rate seconds
+fixed_rate() { # workload rate seconds [url]
+    local url=${4:-$URL}
     if [ "$FIXED_GEN" = loadgen ]; then
         local args=() h
         while IFS= read -r h; do args+=(--header "$h"); done < <(headers_of "$1")
-        taskset -c "$LOAD_CPU" "$LOADGEN" --url "$URL" --rate "$2" --connections "$CONNS" \
+        taskset -c "$LOAD_CPU" "$LOADGEN" --url "$url" --rate "$2" --connections "$CONNS" \
             --duration-secs "$3" --warmup-secs 1 --spin-us "$GEN_SPIN_US" --json "${args[@]}" --body "$(body_of "$1")" \
             --require '"result":' --reject '"isError":true' \
             >"$WORK/loadgen.json" 2>"$WORK/loadgen.err" &
@@ -311,7 +348,7 @@ PY
     local hdrs=() h
     while IFS= read -r h; do hdrs+=(-H "$h"); done < <(headers_of "$1")
     taskset -c "$LOAD_CPU" oha --no-tui --output-format json -z "${3}s" -c "$CONNS" -q "$2" --latency-correction \
-        -m POST "${hdrs[@]}" -d "$(body_of "$1")" "$URL" >"$WORK/oha.json" 2>"$WORK/oha.err" &
+        -m POST "${hdrs[@]}" -d "$(body_of "$1")" "$url" >"$WORK/oha.json" 2>"$WORK/oha.err" &
     LOAD_PID=$!
     wait "$LOAD_PID" || true
     LOAD_PID=""
@@ -340,9 +377,9 @@ server_failures() { # kind
         END { print n + 0 }' || echo 1
 }
 
-# CPU time (user + system, clock ticks) the server has used so far.
-server_ticks() {
-    awk '{print $14 + $15}' "/proc/$SERVER_PID/stat" 2>/dev/null || echo 0
+# CPU time (user + system, clock ticks) a process has used so far.
+server_ticks() { # pid
+    awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 TICKS_PER_SEC=$(getconf CLK_TCK)
 
@@ -353,32 +390,61 @@ steal_ticks() { # cpu
     awk -v c="cpu$1" '$1 == c { print $9; found = 1 } END { if (!found) print 0 }' /proc/stat
 }
 
-# Runs fixed_rate FIXED_RUNS times and prints the run with the median p99 as
-# "achieved p50 p99 p999 bad genbusy% genlag starved silence busy% all-p99s", busy%
-# being the server's CPU use over the run (warm-up included: same rate), all-p99s
-# each run's "p99/genlag/starved/silence_ms/server_steal_ms/generator_steal_ms". A
-# server that cannot sustain the rate will not on a second try, so an unsustainable
-# run ends the repeats.
-fixed_rate_runs() { # workload rate seconds
-    local i t0 s0 l0 line busy steal_s steal_l runs=()
-    for i in $(seq "$FIXED_RUNS"); do
-        t0=$(server_ticks)
-        s0=$(steal_ticks "$SERVER_CPU")
-        l0=$(steal_ticks "$LOAD_CPU")
-        line=$(fixed_rate "$1" "$2" "$3")
-        busy=$(( ($(server_ticks) - t0) * 100 / (TICKS_PER_SEC * ($3 + 1)) ))
-        steal_s=$(( ($(steal_ticks "$SERVER_CPU") - s0) * 1000 / TICKS_PER_SEC ))
-        steal_l=$(( ($(steal_ticks "$LOAD_CPU") - l0) * 1000 / TICKS_PER_SEC ))
-        runs+=("$line $busy $steal_s $steal_l")
-        say "   fixed $2 req/s, run $i: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %, generator lag p99 µs, requests that waited for a free connection, ms without answers in gaps of 1 ms or more), server busy ${busy}%, steal ${steal_s} ms on the server's CPU and ${steal_l} ms on the generator's"
-        [ "$(echo "$line" | cut -d' ' -f3)" = "-" ] && break
-    done
-    printf '%s\n' "${runs[@]}" | python3 -c '
+# One fixed_rate run against the server PID at URL, logged as NAME's run I; prints
+# "achieved p50 p99 p999 bad genbusy% genlag starved silence busy% server_steal_ms
+# generator_steal_ms others_ms others_top others_top_ms": busy% is the server's CPU
+# use over the run (warm-up included: same rate), the steal is the host's on each
+# CPU (/proc/stat), and others the CPU time other threads took on either CPU, with
+# the one that took the most (scripts/lib/others.py; the servers are left out).
+measured_run() { # workload rate seconds pid url name i
+    local t0 s0 l0 line busy steal_s steal_l others others_top others_top_ms
+    t0=$(server_ticks "$4")
+    s0=$(steal_ticks "$SERVER_CPU")
+    l0=$(steal_ticks "$LOAD_CPU")
+    python3 scripts/lib/others.py snap "$WORK/threads.tsv"
+    line=$(fixed_rate "$1" "$2" "$3" "$5")
+    # shellcheck disable=SC2086 # BESIDE_PID is one PID or nothing
+    read -r others others_top others_top_ms < <(python3 scripts/lib/others.py diff "$WORK/threads.tsv" "$SERVER_PID" $BESIDE_PID)
+    busy=$(( ($(server_ticks "$4") - t0) * 100 / (TICKS_PER_SEC * ($3 + 1)) ))
+    steal_s=$(( ($(steal_ticks "$SERVER_CPU") - s0) * 1000 / TICKS_PER_SEC ))
+    steal_l=$(( ($(steal_ticks "$LOAD_CPU") - l0) * 1000 / TICKS_PER_SEC ))
+    say "   fixed $2 req/s, $6 run $7: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %, generator lag p99 µs, requests that waited for a free connection, ms without answers in gaps of 1 ms or more), server busy ${busy}%, steal ${steal_s} ms on the server's CPU and ${steal_l} ms on the generator's, other threads ${others} ms (most: $others_top, ${others_top_ms} ms)"
+    echo "$line $busy $steal_s $steal_l $others $others_top $others_top_ms"
+}
+
+# Of measured_run lines on stdin, prints the run with the median p99 as
+# "achieved p50 p99 p999 bad genbusy% genlag starved silence busy% all-runs",
+# all-runs being each run's "p99/genlag/starved/silence_ms/server_steal_ms/
+# generator_steal_ms/others_ms/others_top/others_top_ms" (tails on a VM vary
+# several-fold from run to run).
+median_run() {
+    python3 -c '
 import sys
 runs = [l.split() for l in sys.stdin if l.strip()]
 key = lambda r: float("inf") if r[2] == "-" else float(r[2])
 runs.sort(key=key)
-print(" ".join(runs[(len(runs) - 1) // 2][:10]), ",".join("/".join((r[2], r[6], r[7], r[8], r[10], r[11])) for r in runs))'
+print(" ".join(runs[(len(runs) - 1) // 2][:10]), ",".join("/".join((r[2], r[6], r[7], r[8], r[10], r[11], r[12], r[13], r[14])) for r in runs))'
+}
+
+# FIXED_RUNS measured runs of the server under test (NAME) and prints their
+# median_run. With the ceiling beside it (BESIDE_PID), each is followed by one of
+# the ceiling at the same rate, whose median_run goes to $WORK/beside.txt. A
+# server that cannot sustain the rate will not on a second try, so an
+# unsustainable run ends the repeats.
+fixed_rate_runs() { # workload rate seconds name
+    local i line runs=() beside=()
+    for i in $(seq "$FIXED_RUNS"); do
+        line=$(measured_run "$1" "$2" "$3" "$SERVER_PID" "$URL" "$4" "$i")
+        runs+=("$line")
+        if [ -n "$BESIDE_PID" ]; then
+            beside+=("$(measured_run "$1" "$2" "$3" "$BESIDE_PID" "$BESIDE_URL" "the ceiling beside" "$i")")
+        fi
+        [ "$(echo "$line" | cut -d' ' -f3)" = "-" ] && break
+    done
+    if [ -n "$BESIDE_PID" ]; then
+        printf '%s\n' "${beside[@]}" | median_run >"$WORK/beside.txt"
+    fi
+    printf '%s\n' "${runs[@]}" | median_run
 }
 
 # coremcp (1 shard), the ceiling and the peer (those of them in SERVERS) back
@@ -456,9 +522,18 @@ for w in $WORKLOADS; do
         rate=${HALF[$w]:-0}
         # Its own half: its own latency at its own operating point.
         [ "$kind" = coremcp-nokeep ] && rate=$((rps / 2))
-        if [ "$rate" -gt 0 ] && [ "$kind" != coremcp2 ]; then
-            read -r frps fp50 fp99 fp999 fbad fgen flag _ _ fbusy fp99s < <(fixed_rate_runs "$w" "$rate" "$SECONDS_PER_RUN")
+        if [ "$kind" = hello ] && [ -s "$WORK/beside-$w.txt" ]; then
+            # Measured beside coremcp's row, run for run (BENCH_CEILING_BESIDE).
+            read -r frps fp50 fp99 fp999 fbad fgen flag _ _ fbusy fp99s <"$WORK/beside-$w.txt"
+            say "   fixed $rate req/s: measured beside coremcp's row (median of p99s $fp99s µs)"
+        elif [ "$rate" -gt 0 ] && [ "$kind" != coremcp2 ]; then
+            [ "$kind" = coremcp ] && [ "$CEILING_BESIDE" = 1 ] && start_beside
+            read -r frps fp50 fp99 fp999 fbad fgen flag _ _ fbusy fp99s < <(fixed_rate_runs "$w" "$rate" "$SECONDS_PER_RUN" "$kind")
             say "   fixed $rate req/s (median of p99s $fp99s µs): achieved $frps, p50 ${fp50} µs, p99 ${fp99} µs, p99.9 ${fp999} µs (not 200: $fbad), server busy ${fbusy}%, generator busy ${fgen}%, generator lag p99 ${flag} µs"
+            if [ -n "$BESIDE_PID" ]; then
+                stop_beside
+                mv "$WORK/beside.txt" "$WORK/beside-$w.txt"
+            fi
         else
             frps=- fp50=- fp99=- fp999=- fbad=0 fgen=- flag=- fbusy=- fp99s=-
         fi
@@ -477,9 +552,9 @@ done
 
 # ---------------------------------------------------------------- table
 mkdir -p bench-results
-python3 - "$RESULTS" "$PAIRS" "$PAIR_SECONDS" "$GEN_SPIN_US" "$SECONDS_PER_RUN" "$CONNS" "$SERVER_CPU" "$LOAD_CPU" "$SHARDS2_CPUS" "$QUIET" "$FIXED_GEN" "$FIXED_RUNS" "$BUILT" "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" "$POLL_SPIN_US" "$WORK/probe-load.json" "$WORK/probe-server.json" <<'PY' | tee bench-results/latest.md
+python3 - "$RESULTS" "$PAIRS" "$PAIR_SECONDS" "$GEN_SPIN_US" "$SECONDS_PER_RUN" "$CONNS" "$SERVER_CPU" "$LOAD_CPU" "$SHARDS2_CPUS" "$QUIET" "$FIXED_GEN" "$FIXED_RUNS" "$BUILT" "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" "$POLL_SPIN_US" "$WORK/probe-load.json" "$WORK/probe-server.json" "$CEILING_BESIDE" <<'PY' | tee bench-results/latest.md
 import sys, subprocess, datetime, platform, json
-path, pairs_path, pair_secs, spin_us, secs, conns, scpu, lcpu, cpus2, quiet, fixed_gen, fixed_runs, built, commit, poll_spin, probe_load, probe_server = sys.argv[1:]
+path, pairs_path, pair_secs, spin_us, secs, conns, scpu, lcpu, cpus2, quiet, fixed_gen, fixed_runs, built, commit, poll_spin, probe_load, probe_server, beside = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
 R = {}
 for r in rows:
@@ -522,8 +597,10 @@ print(f"Loopback, {conns} connections, {secs} s per run after a 2 s warm-up; ser
       "(100% = one CPU; a generator near 100% queues requests itself), and lag the p99 of how late "
       "the generator wrote each request after it was due: that much of p99 @rate is the generator's "
       "own queueing (or, in a stall, no free connection), not the server's. The ceiling's row in each "
-      "workload is measured at that workload's rate: the p99 this machine and generator allow there. "
-      "RSS: peak (VmHWM) of the server process. "
+      "workload is measured at that workload's rate: the p99 this machine and generator allow there"
+      + ("; its fixed-rate runs alternate with coremcp's (1 shard), run for run, on the same minute "
+         "(it waits idle beside coremcp on the next port, on the same CPU). " if beside == "1" else ". ")
+      + "RSS: peak (VmHWM) of the server process. "
       f"poll_spin_us {poll_spin}: the same build with `--poll-spin-us {poll_spin}` (a shard looks for "
       "the next request that long before it waits; its busy share includes the looking). "
       "poll_wait_us 0: the same build with `--poll-wait-us 0` (a shard that finds no next request "
@@ -605,12 +682,15 @@ print("p99 of every fixed-rate run, ms (in brackets, the generator's lag p99; ho
       "stopped in gaps of 1 ms or more with a request in flight, ms: a stall of the server, "
       "or of either vCPU, which the servers' rows can be compared by; and the host's steal "
       "time during the run on the server's / the generator's vCPU, ms, from /proc/stat "
-      "in 10 ms ticks: how long the host kept each off its CPU while it had work):")
+      "in 10 ms ticks: how long the host kept each off its CPU while it had work; and the "
+      "CPU time other threads took on either CPU, ms, with the one that took the most: "
+      "kernel threads and other processes running where the server or the generator should):")
 for r in rows:
     if r[17] != "-":
         runs = [x.split("/") for x in r[17].split(",")]
         print(f"- {r[1]}, {names[r[0]]}: " + ", ".join(
-            f"{ms(p)} ({ms(lag)}; {n}; silent {gap}; steal {ss} / {sl})" for p, lag, n, gap, ss, sl in runs))
+            f"{ms(p)} ({ms(lag)}; {n}; silent {gap}; steal {ss} / {sl}; others {o}, {top} {top_ms})"
+            for p, lag, n, gap, ss, sl, o, top, top_ms in runs))
 print()
 print("Every answer was checked: status 2xx and no socket error (wrk, loadgen), a JSON-RPC result "
       "that is not a tool error (loadgen, every fixed-rate answer), and for coremcp no failed call "

@@ -5,8 +5,9 @@
 #   2. pytest tests/interop  — the official MCP Python SDK client (legacy, auto,
 #                              2026-07-28, stdio), the official conformance suite
 #                              and the MCP Inspector CLI (HTTP and stdio)
-#   3. pytest tests/scripts  — the benchmark's analysis script (scripts/catchup.py)
-#                              against a constructed loadgen dump
+#   3. pytest tests/scripts  — the benchmark's analysis scripts: scripts/catchup.py
+#                              against a constructed loadgen dump, and
+#                              scripts/lib/others.py against spinning processes
 # Installs go under .tools/ (git-ignored) and are reused when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
