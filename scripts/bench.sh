@@ -323,11 +323,12 @@ closed_loop() { # workload seconds
 # thread, one write per request, so its own queueing stays out of the numbers) or
 # oha (a hello-world server measured through oha at 38k req/s on this 2-vCPU VM
 # shows p99 4.2 ms; through loadgen 0.43 ms).
-fixed_rate() { # workload rate seconds [url]
+fixed_rate() { # workload rate seconds [url [dump]]
     local url=${4:-$URL}
     if [ "$FIXED_GEN" = loadgen ]; then
         local args=() h
         while IFS= read -r h; do args+=(--header "$h"); done < <(headers_of "$1")
+        [ -n "${5:-}" ] && args+=(--dump "$5")
         taskset -c "$LOAD_CPU" "$LOADGEN" --url "$url" --rate "$2" --connections "$CONNS" \
             --duration-secs "$3" --warmup-secs 1 --spin-us "$GEN_SPIN_US" --json "${args[@]}" --body "$(body_of "$1")" \
             --require '"result":' --reject '"isError":true' \
@@ -392,38 +393,50 @@ steal_ticks() { # cpu
 
 # One fixed_rate run against the server PID at URL, logged as NAME's run I; prints
 # "achieved p50 p99 p999 bad genbusy% genlag starved silence busy% server_steal_ms
-# generator_steal_ms others_ms others_top others_top_ms": busy% is the server's CPU
-# use over the run (warm-up included: same rate), the steal is the host's on each
-# CPU (/proc/stat), and others the CPU time other threads took on either CPU, with
-# the one that took the most (scripts/lib/others.py; the servers are left out).
+# generator_steal_ms others_ms others_top others_top_ms catch_up": busy% is the
+# server's CPU use over the run (warm-up included: same rate), the steal is the
+# host's on each CPU (/proc/stat), others the CPU time other threads took on either
+# CPU, with the one that took the most (scripts/lib/others.py; the servers are left
+# out), and catch_up how many answers a second the server gave while it caught up
+# after its silences (scripts/catchup.py on loadgen's --dump; for coremcp (1 shard)
+# and the ceiling beside it, "-" for the rest, or where there was none to time).
 measured_run() { # workload rate seconds pid url name i
-    local t0 s0 l0 line busy steal_s steal_l others others_top others_top_ms
+    local t0 s0 l0 line busy steal_s steal_l others others_top others_top_ms dump=""
+    local catch_up=- late=- predicted=-
+    if [ "$FIXED_GEN" = loadgen ] && { [ "$6" = coremcp ] || [ "$4" = "$BESIDE_PID" ]; }; then
+        dump=$WORK/dump.txt
+        rm -f "$dump"
+    fi
     t0=$(server_ticks "$4")
     s0=$(steal_ticks "$SERVER_CPU")
     l0=$(steal_ticks "$LOAD_CPU")
     python3 scripts/lib/others.py snap "$WORK/threads.tsv"
-    line=$(fixed_rate "$1" "$2" "$3" "$5")
+    line=$(fixed_rate "$1" "$2" "$3" "$5" "$dump")
     # shellcheck disable=SC2086 # BESIDE_PID is one PID or nothing
     read -r others others_top others_top_ms < <(python3 scripts/lib/others.py diff "$WORK/threads.tsv" "$SERVER_PID" $BESIDE_PID)
+    if [ -n "$dump" ] && [ -s "$dump" ]; then
+        read -r catch_up late predicted < <(python3 scripts/catchup.py --brief "$dump") || true
+        : "${catch_up:=-}" "${late:=-}" "${predicted:=-}"
+    fi
     busy=$(( ($(server_ticks "$4") - t0) * 100 / (TICKS_PER_SEC * ($3 + 1)) ))
     steal_s=$(( ($(steal_ticks "$SERVER_CPU") - s0) * 1000 / TICKS_PER_SEC ))
     steal_l=$(( ($(steal_ticks "$LOAD_CPU") - l0) * 1000 / TICKS_PER_SEC ))
-    say "   fixed $2 req/s, $6 run $7: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %, generator lag p99 µs, requests that waited for a free connection, ms without answers in gaps of 1 ms or more), server busy ${busy}%, steal ${steal_s} ms on the server's CPU and ${steal_l} ms on the generator's, other threads ${others} ms (most: $others_top, ${others_top_ms} ms)"
-    echo "$line $busy $steal_s $steal_l $others $others_top $others_top_ms"
+    say "   fixed $2 req/s, $6 run $7: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %, generator lag p99 µs, requests that waited for a free connection, ms without answers in gaps of 1 ms or more), server busy ${busy}%, steal ${steal_s} ms on the server's CPU and ${steal_l} ms on the generator's, other threads ${others} ms (most: $others_top, ${others_top_ms} ms), catch-up ${catch_up} answers/s (answers over 1 ms ${late}, the silences and that catch-up predict ${predicted})"
+    echo "$line $busy $steal_s $steal_l $others $others_top $others_top_ms $catch_up"
 }
 
 # Of measured_run lines on stdin, prints the run with the median p99 as
 # "achieved p50 p99 p999 bad genbusy% genlag starved silence busy% all-runs",
 # all-runs being each run's "p99/genlag/starved/silence_ms/server_steal_ms/
-# generator_steal_ms/others_ms/others_top/others_top_ms" (tails on a VM vary
-# several-fold from run to run).
+# generator_steal_ms/others_ms/others_top/others_top_ms/catch_up" (tails on a VM
+# vary several-fold from run to run).
 median_run() {
     python3 -c '
 import sys
 runs = [l.split() for l in sys.stdin if l.strip()]
 key = lambda r: float("inf") if r[2] == "-" else float(r[2])
 runs.sort(key=key)
-print(" ".join(runs[(len(runs) - 1) // 2][:10]), ",".join("/".join((r[2], r[6], r[7], r[8], r[10], r[11], r[12], r[13], r[14])) for r in runs))'
+print(" ".join(runs[(len(runs) - 1) // 2][:10]), ",".join("/".join((r[2], r[6], r[7], r[8], r[10], r[11], r[12], r[13], r[14], r[15])) for r in runs))'
 }
 
 # FIXED_RUNS measured runs of the server under test (NAME) and prints their
@@ -684,13 +697,18 @@ print("p99 of every fixed-rate run, ms (in brackets, the generator's lag p99; ho
       "time during the run on the server's / the generator's vCPU, ms, from /proc/stat "
       "in 10 ms ticks: how long the host kept each off its CPU while it had work; and the "
       "CPU time other threads took on either CPU, ms, with the one that took the most: "
-      "kernel threads and other processes running where the server or the generator should):")
+      "kernel threads and other processes running where the server or the generator should; "
+      "for coremcp (1 shard) and the ceiling, how many answers a second the server gave while "
+      "it caught up after its silences, the median over the run (`scripts/catchup.py`): "
+      "at a rate R, each millisecond of silence beyond the first leaves 1 / (1 - R / catch-up) "
+      "milliseconds' worth of requests over 1 ms):")
 for r in rows:
     if r[17] != "-":
         runs = [x.split("/") for x in r[17].split(",")]
         print(f"- {r[1]}, {names[r[0]]}: " + ", ".join(
-            f"{ms(p)} ({ms(lag)}; {n}; silent {gap}; steal {ss} / {sl}; others {o}, {top} {top_ms})"
-            for p, lag, n, gap, ss, sl, o, top, top_ms in runs))
+            f"{ms(p)} ({ms(lag)}; {n}; silent {gap}; steal {ss} / {sl}; others {o}, {top} {top_ms}"
+            + (f"; catch-up {float(cu) / 1000:.0f}k/s" if cu != "-" else "") + ")"
+            for p, lag, n, gap, ss, sl, o, top, top_ms, cu in runs))
 print()
 print("Every answer was checked: status 2xx and no socket error (wrk, loadgen), a JSON-RPC result "
       "that is not a tool error (loadgen, every fixed-rate answer), and for coremcp no failed call "

@@ -21,7 +21,11 @@ prints:
 docs/performance.md, item 46, is where this was first used, and says what the
 numbers meant there.
 
-Usage: python3 scripts/catchup.py DUMP [DUMP...]
+With --brief, one line per dump for scripts/bench.sh: "CATCH_UP OVER PREDICTED",
+the median catch-up in answers per second, the answers over 1 ms, and what the
+model above puts them at ("-" where there was no catch-up to time).
+
+Usage: python3 scripts/catchup.py [--brief] DUMP [DUMP...]
 """
 
 import bisect
@@ -115,15 +119,30 @@ def report(path, d):
               f"answers over 1 ms; measured {d['over']:,}")
 
 
+def brief(d):
+    """The --brief line: "CATCH_UP OVER PREDICTED"."""
+    rates = d["catch_up_rates"]
+    catch_up = f"{statistics.median(rates):.0f}" if rates else "-"
+    predicted = "-" if d["predicted"] is None else f"{d['predicted']:.0f}"
+    return f"{catch_up} {d['over']} {predicted}"
+
+
 def main():
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    short = bool(args) and args[0] == "--brief"
+    if short:
+        args = args[1:]
+    if not args:
         sys.exit(__doc__.strip().splitlines()[-1])
-    for path in sys.argv[1:]:
+    for path in args:
         rows = read_dump(path)
         if len(rows) < 2:
-            print(f"{path}: fewer than two answers, nothing to say")
+            print("- 0 -" if short else f"{path}: fewer than two answers, nothing to say")
             continue
-        report(path, analyse(rows))
+        if short:
+            print(brief(analyse(rows)))
+        else:
+            report(path, analyse(rows))
 
 
 if __name__ == "__main__":

@@ -67,3 +67,17 @@ def test_a_run_without_stalls_has_no_silence_and_no_catch_up(tmp_path):
     d = catchup.analyse(catchup.read_dump(dump))
 
     assert (d["silences"], d["over"], d["catch_up_rates"], d["predicted"]) == (0, 0, [], None)
+
+
+def test_the_brief_line_is_the_median_catch_up_the_late_answers_and_the_model(tmp_path):
+    dump = tmp_path / "dump.txt"
+    constructed_dump(dump)
+    catch_up, over, predicted = catchup.brief(catchup.analyse(catchup.read_dump(dump))).split()
+
+    assert abs(int(catch_up) - 100_000) < 500
+    assert int(over) == 401
+    assert abs(int(predicted) - 400) < 25
+
+    quiet = tmp_path / "quiet.txt"
+    quiet.write_text("# t0_monotonic_ns 0\n" + "".join(f"{t * 20 + 30} 30 0\n" for t in range(5000)))
+    assert catchup.brief(catchup.analyse(catchup.read_dump(quiet))) == "- 0 -"
