@@ -45,5 +45,5 @@ step "interop: Python SDK client, conformance suite, MCP Inspector"
 export COREMCP_BIN="$ROOT/target/debug/coremcp"
 "$TOOLS/venv/bin/python" -m pytest tests/interop -q
 
-step "scripts: catchup.py on a constructed loadgen dump"
+step "scripts: catchup.py on a constructed loadgen dump, others.py on spinning processes"
 "$TOOLS/venv/bin/python" -m pytest tests/scripts -q
