@@ -149,7 +149,7 @@ if ! command -v oha >/dev/null; then
 fi
 
 port_taken && die "port $PORT is taken (ss -ltnp says so); SO_REUSEPORT would split the traffic. Stop that process or set BENCH_PORT."
-if [ "$CEILING_BESIDE" = 1 ] && PORT=$BESIDE_PORT port_taken; then
+if [ "$CEILING_BESIDE" = 1 ] && port_taken "$BESIDE_PORT"; then
     die "port $BESIDE_PORT (BENCH_PORT+1, for the ceiling beside coremcp) is taken (ss -ltnp says so). Stop that process, set BENCH_PORT, or BENCH_CEILING_BESIDE=0."
 fi
 [ "$(nproc)" -gt "$SERVER_CPU" ] || die "BENCH_SERVER_CPU=$SERVER_CPU but nproc is $(nproc)"
@@ -223,15 +223,31 @@ start_server() { # kind
     rmcp) cmd=("$RMCP_PEER" --listen "127.0.0.1:$PORT" --root "$FIXTURE" --db "$DB") ;;
     hello) cmd=("$HELLO" "127.0.0.1:$PORT") ;;
     esac
-    port_taken && die "port $PORT was taken by something else"
-    taskset -c "$cpus" "${cmd[@]}" >"$WORK/server-$1.log" 2>&1 &
-    SERVER_PID=$!
+    launch SERVER_PID "$1" "$PORT" "$cpus" "$WORK/server-$1.log" "${cmd[@]}"
+}
+
+# Starts CMD pinned to CPUS, its output to LOG, puts its PID in the variable
+# named VAR (at once, so that `cleanup` stops it if the start fails), and waits
+# until it listens on PORT.
+launch() { # var name port cpus log cmd...
+    local var=$1 name=$2 port=$3 cpus=$4 log=$5
+    shift 5
+    port_taken "$port" && die "port $port was taken by something else"
+    taskset -c "$cpus" "$@" >"$log" 2>&1 &
+    printf -v "$var" '%s' "$!"
     for _ in $(seq 100); do
-        port_taken && return 0
-        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server-$1.log" >&2; die "$1 exited at start"; }
+        port_taken "$port" && return 0
+        kill -0 "${!var}" 2>/dev/null || { cat "$log" >&2; die "$name exited at start"; }
         sleep 0.05
     done
-    die "$1 did not start listening on $PORT"
+    die "$name did not start listening on $port"
+}
+
+# Stops PID and waits until nothing listens on PORT.
+halt() { # pid port
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    for _ in $(seq 100); do port_taken "$2" || break; sleep 0.05; done
 }
 
 # The ceiling beside coremcp (BENCH_CEILING_BESIDE): on BENCH_PORT+1, on the
@@ -239,31 +255,20 @@ start_server() { # kind
 # second (its timers), the ceiling idle not at all: neither takes anything that
 # shows from the other.
 start_beside() {
-    PORT=$BESIDE_PORT port_taken && die "port $BESIDE_PORT was taken by something else"
-    taskset -c "$SERVER_CPU" "$HELLO" "127.0.0.1:$BESIDE_PORT" >"$WORK/server-beside.log" 2>&1 &
-    BESIDE_PID=$!
-    for _ in $(seq 100); do
-        PORT=$BESIDE_PORT port_taken && return 0
-        kill -0 "$BESIDE_PID" 2>/dev/null || { cat "$WORK/server-beside.log" >&2; die "the ceiling beside coremcp exited at start"; }
-        sleep 0.05
-    done
-    die "the ceiling beside coremcp did not start listening on $BESIDE_PORT"
+    launch BESIDE_PID "the ceiling beside coremcp" "$BESIDE_PORT" "$SERVER_CPU" "$WORK/server-beside.log" \
+        "$HELLO" "127.0.0.1:$BESIDE_PORT"
 }
 
 stop_beside() {
-    kill "$BESIDE_PID" 2>/dev/null || true
-    wait "$BESIDE_PID" 2>/dev/null || true
+    halt "$BESIDE_PID" "$BESIDE_PORT"
     BESIDE_PID=""
-    for _ in $(seq 100); do PORT=$BESIDE_PORT port_taken || break; sleep 0.05; done
 }
 
 stop_server() {
     local hwm
     hwm=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+    halt "$SERVER_PID" "$PORT"
     SERVER_PID=""
-    for _ in $(seq 100); do port_taken || break; sleep 0.05; done
     echo "${hwm:-0}"
 }
 
