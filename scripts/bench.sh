@@ -264,12 +264,14 @@ stop_beside() {
     BESIDE_PID=""
 }
 
+# Stops the server and leaves its peak RSS (VmHWM, KiB) in SERVER_HWM. Called in
+# the main shell, not in $( ): clearing SERVER_PID in a subshell would leave
+# `cleanup` holding a reaped PID that the kernel may give to another process.
 stop_server() {
-    local hwm
-    hwm=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)
+    SERVER_HWM=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)
+    SERVER_HWM=${SERVER_HWM:-0}
     halt "$SERVER_PID" "$PORT"
     SERVER_PID=""
-    echo "${hwm:-0}"
 }
 
 # One request with curl: 200, a JSON-RPC result, not a tool error.
@@ -489,7 +491,7 @@ paired_rounds() { # workload
             closed_loop "$1" 2 >/dev/null
             read -r rps _ _ _ non2xx sockerr < <(closed_loop "$1" "$PAIR_SECONDS")
             failed=$(server_failures "$kind")
-            stop_server >/dev/null
+            stop_server
             got[$kind]=$rps
             bad=$((bad + non2xx + sockerr + failed))
         done
@@ -559,7 +561,8 @@ for w in $WORKLOADS; do
         failed=$(server_failures "$kind")
         [ "$failed" = 0 ] || say "   warning: $kind counted $failed failed calls or non-200 answers (/metrics)"
         non2xx=$((non2xx + failed))
-        hwm=$(stop_server)
+        stop_server
+        hwm=$SERVER_HWM
         # A build that started or ran during the row skews it: flag the row.
         busy && noisy=1
         [ "$noisy" = 1 ] && { QUIET="no: cargo/rustc ran during some rows (flagged)"; say "   warning: cargo/rustc ran during this row"; }
