@@ -392,11 +392,13 @@ server_ticks() { # pid
 }
 TICKS_PER_SEC=$(getconf CLK_TCK)
 
-# Steal time of a CPU so far, in clock ticks (/proc/stat): how long the host
-# kept this vCPU off its physical CPU while it had work to run. A VM's stalls
-# show here; on bare metal it stays 0.
-steal_ticks() { # cpu
-    awk -v c="cpu$1" '$1 == c { print $9; found = 1 } END { if (!found) print 0 }' /proc/stat
+# Steal time of the server's and the generator's CPUs so far, in clock ticks
+# (/proc/stat), as "server generator": how long the host kept each vCPU off its
+# physical CPU while it had work to run. A VM's stalls show here; on bare metal
+# it stays 0. Both from one read, so that the two are sampled at one instant.
+steal_ticks() {
+    awk -v s="cpu$SERVER_CPU" -v g="cpu$LOAD_CPU" \
+        '$1 == s { st = $9 } $1 == g { gt = $9 } END { print st + 0, gt + 0 }' /proc/stat
 }
 
 # One fixed_rate run against the server PID at URL, logged as NAME's run I; prints
@@ -409,15 +411,14 @@ steal_ticks() { # cpu
 # after its silences (scripts/catchup.py on loadgen's --dump; for coremcp (1 shard)
 # and the ceiling beside it, "-" for the rest, or where there was none to time).
 measured_run() { # workload rate seconds pid url name i
-    local t0 s0 l0 line busy steal_s steal_l others others_top others_top_ms dump=""
+    local t0 s0 l0 s1 l1 line busy steal_s steal_l others others_top others_top_ms dump=""
     local catch_up=- late=- predicted=-
     if [ "$FIXED_GEN" = loadgen ] && { [ "$6" = coremcp ] || [ "$4" = "$BESIDE_PID" ]; }; then
         dump=$WORK/dump.txt
         rm -f "$dump"
     fi
     t0=$(server_ticks "$4")
-    s0=$(steal_ticks "$SERVER_CPU")
-    l0=$(steal_ticks "$LOAD_CPU")
+    read -r s0 l0 < <(steal_ticks)
     python3 scripts/lib/others.py snap "$WORK/threads.tsv"
     line=$(fixed_rate "$1" "$2" "$3" "$5" "$dump")
     # shellcheck disable=SC2086 # BESIDE_PID is one PID or nothing
@@ -427,8 +428,9 @@ measured_run() { # workload rate seconds pid url name i
         : "${catch_up:=-}" "${late:=-}" "${predicted:=-}"
     fi
     busy=$(( ($(server_ticks "$4") - t0) * 100 / (TICKS_PER_SEC * ($3 + 1)) ))
-    steal_s=$(( ($(steal_ticks "$SERVER_CPU") - s0) * 1000 / TICKS_PER_SEC ))
-    steal_l=$(( ($(steal_ticks "$LOAD_CPU") - l0) * 1000 / TICKS_PER_SEC ))
+    read -r s1 l1 < <(steal_ticks)
+    steal_s=$(( (s1 - s0) * 1000 / TICKS_PER_SEC ))
+    steal_l=$(( (l1 - l0) * 1000 / TICKS_PER_SEC ))
     say "   fixed $2 req/s, $6 run $7: $line (achieved p50 p99 p99.9 µs, not 200, generator busy %, generator lag p99 µs, requests that waited for a free connection, ms without answers in gaps of 1 ms or more), server busy ${busy}%, steal ${steal_s} ms on the server's CPU and ${steal_l} ms on the generator's, other threads ${others} ms (most: $others_top, ${others_top_ms} ms), catch-up ${catch_up} answers/s (answers over 1 ms ${late}, the silences and that catch-up predict ${predicted})"
     echo "$line $busy $steal_s $steal_l $others $others_top $others_top_ms $catch_up"
 }
