@@ -74,6 +74,10 @@
 #                               it on port BENCH_PORT+1 (same CPU): the two are
 #                               compared on the same minute. 0: the ceiling's row
 #                               measures its own, minutes later
+#   BENCH_CEILING_OWN_HALF [1]  1: the ceiling also runs at half of its own maximum in
+#                               each workload (its row and its rounds), the load the
+#                               p99 target puts on coremcp: what a bare server gets
+#                               there on this machine (row "at half its own maximum")
 #   BENCH_PROBE_SECS [10]       how long `loadgen --probe-secs` spins on both CPUs at once
 #                               before the rows, to show what the machine takes (table header)
 set -euo pipefail
@@ -106,6 +110,7 @@ PROBE_SECONDS=${BENCH_PROBE_SECS:-10}
 URL="http://127.0.0.1:$PORT/mcp"
 CEILING_BESIDE=${BENCH_CEILING_BESIDE:-1}
 case " $SERVERS " in *" hello "*) ;; *) CEILING_BESIDE=0 ;; esac
+CEILING_OWN_HALF=${BENCH_CEILING_OWN_HALF:-1}
 BESIDE_PORT=$((PORT + 1))
 BESIDE_URL="http://127.0.0.1:$BESIDE_PORT/mcp"
 WORK=$(mktemp -d /tmp/coremcp-bench.XXXXXX)
@@ -413,7 +418,7 @@ steal_ticks() {
 measured_run() { # workload rate seconds pid url name i
     local t0 s0 l0 s1 l1 line busy steal_s steal_l others others_top others_top_ms dump=""
     local catch_up=- late=- predicted=-
-    if [ "$FIXED_GEN" = loadgen ] && { [ "$6" = coremcp ] || [ "$4" = "$BESIDE_PID" ]; }; then
+    if [ "$FIXED_GEN" = loadgen ] && { [ "$6" = coremcp ] || [ "$6" = hello-own ] || [ "$4" = "$BESIDE_PID" ]; }; then
         dump=$WORK/dump.txt
         rm -f "$dump"
     fi
@@ -560,6 +565,16 @@ for w in $WORKLOADS; do
         else
             frps=- fp50=- fp99=- fp999=- fbad=0 fgen=- flag=- fbusy=- fp99s=-
         fi
+        own=""
+        if [ "$kind" = hello ] && [ "$CEILING_OWN_HALF" = 1 ]; then
+            # The p99 target's load, put on the ceiling: half of its own maximum
+            # (its row and its rounds, as coremcp's rate is set). Whether a bare
+            # server meets 1 ms there says what the target asks of this machine.
+            mapfile -t own_rounds < <(awk -F'\t' -v w="$w" '$1 == w && $4 != "-" { print $4 }' "$PAIRS")
+            own=$(( $(median_int "$rps" "${own_rounds[@]}") / 2 ))
+            read -r orps op50 op99 op999 obad ogen olag _ _ obusy op99s < <(fixed_rate_runs "$w" "$own" "$SECONDS_PER_RUN" hello-own)
+            say "   fixed $own req/s, half its own maximum (median of p99s $op99s µs): achieved $orps, p99 ${op99} µs, generator lag p99 ${olag} µs"
+        fi
         failed=$(server_failures "$kind")
         [ "$failed" = 0 ] || say "   warning: $kind counted $failed failed calls or non-200 answers (/metrics)"
         non2xx=$((non2xx + failed))
@@ -571,6 +586,11 @@ for w in $WORKLOADS; do
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
             "$kind" "$w" "$rps" "$p50" "$p99" "$p999" "$non2xx" "$sockerr" \
             "$rate" "$frps" "$fp50" "$fp99" "$fp999" "$fbad" "$hwm" "$noisy" "$fbusy" "$fp99s" "$fgen" "$flag" >>"$RESULTS"
+        if [ -n "$own" ]; then
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+                hello-own "$w" "$rps" "$p50" "$p99" "$p999" "$non2xx" "$sockerr" \
+                "$own" "$orps" "$op50" "$op99" "$op999" "$obad" "$hwm" "$noisy" "$obusy" "$op99s" "$ogen" "$olag" >>"$RESULTS"
+        fi
     done
 done
 
@@ -624,6 +644,9 @@ print(f"Loopback, {conns} connections, {secs} s per run after a 2 s warm-up; ser
       "workload is measured at that workload's rate: the p99 this machine and generator allow there"
       + ("; its fixed-rate runs alternate with coremcp's (1 shard), run for run, on the same minute "
          "(it waits idle beside coremcp on the next port, on the same CPU). " if beside == "1" else ". ")
+      + ("The ceiling's row at half its own maximum (the median of its row and its paired rounds) puts on it "
+         "the load the p99 target puts on coremcp: whether a bare server gets p99 under 1 ms there on this "
+         "machine (its closed-loop columns repeat the ceiling's row). " if any(r[0] == "hello-own" for r in rows) else "")
       + "RSS: peak (VmHWM) of the server process. "
       f"poll_spin_us {poll_spin}: the same build with `--poll-spin-us {poll_spin}` (a shard looks for "
       "the next request that long before it waits; its busy share includes the looking). "
@@ -658,10 +681,10 @@ def reference(w, other):
     return got
 print("| workload | server | req/s | p50 | p99 | p99.9 | fixed rate | p50 @rate | p99 @rate | p99.9 @rate | busy @rate | gen @rate | lag @rate | peak RSS MiB | ×peer | ×ceiling |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-names = {"coremcp": "coremcp (1 shard)", "coremcp-release": "coremcp (1 shard, plain release build)", "coremcp-spin": f"coremcp (1 shard, poll_spin_us {poll_spin})", "coremcp-nowait": "coremcp (1 shard, poll_wait_us 0)", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling"}
+names = {"coremcp": "coremcp (1 shard)", "coremcp-release": "coremcp (1 shard, plain release build)", "coremcp-spin": f"coremcp (1 shard, poll_spin_us {poll_spin})", "coremcp-nowait": "coremcp (1 shard, poll_wait_us 0)", "coremcp-nokeep": "coremcp (1 shard, answer cache off)", "coremcp2": "coremcp (2 shards)", "rmcp": "rmcp 3.11 peer", "hello": "hello-world ceiling", "hello-own": "hello-world ceiling, at half its own maximum"}
 for w in dict.fromkeys(r[1] for r in rows):
     by_pairs = BY_PAIRS[w]
-    for k in ("coremcp", "coremcp-release", "coremcp-spin", "coremcp-nowait", "coremcp-nokeep", "rmcp", "coremcp2", "hello"):
+    for k in ("coremcp", "coremcp-release", "coremcp-spin", "coremcp-nowait", "coremcp-nokeep", "rmcp", "coremcp2", "hello", "hello-own"):
         r = R.get((k, w))
         if not r: continue
         rps = f(r[2]); bad = int(r[6]) + int(r[7]) + int(r[13] if r[13] != "-" else 0)
@@ -709,7 +732,7 @@ print("p99 of every fixed-rate run, ms (in brackets, the generator's lag p99; ho
       "in 10 ms ticks: how long the host kept each off its CPU while it had work; and the "
       "CPU time other threads took on either CPU, ms, with the one that took the most: "
       "kernel threads and other processes running where the server or the generator should; "
-      "for coremcp (1 shard) and the ceiling, how many answers a second the server gave while "
+      "for coremcp (1 shard) and the ceiling (beside coremcp, and at half its own maximum), how many answers a second the server gave while "
       "it caught up after its silences, the median over the run (`scripts/catchup.py`): "
       "at a rate R, each millisecond of silence beyond the first leaves 1 / (1 - R / catch-up) "
       "milliseconds' worth of requests over 1 ms):")
