@@ -19,7 +19,8 @@
 # answer over the whole row. A row with any of them is marked. The hello-world ceiling is
 # measured in every workload, at the same fixed rate (what p99 the machine and
 # the generator allow at that rate; its runs alternate with coremcp's, run for
-# run, BENCH_CEILING_BESIDE), and in paired rounds: coremcp, the
+# run, BENCH_CEILING_BESIDE), at half of its own maximum (the load the p99
+# target puts on coremcp, BENCH_CEILING_OWN_HALF), and in paired rounds: coremcp, the
 # ceiling and the peer back to back, turn by turn in a rotating order, so that
 # coremcp's ratios to the ceiling and to the peer divide numbers taken seconds
 # apart, not minutes (this VM's speed drifts by tens of per cent from one
