@@ -516,6 +516,27 @@ median_int() {
         END { print (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'
 }
 
+# One server's req/s in a workload's paired rounds, one per line, as
+# paired_rounds recorded them: column 3 is coremcp's, 4 the ceiling's (a round
+# that did not measure it, "-", is left out).
+round_rps() { # workload column
+    awk -F'\t' -v w="$1" -v c="$2" '$1 == w && $c != "-" { print $c }' "$PAIRS"
+}
+
+# A fixed rate at half a server's maximum: half the median of its closed-loop
+# row and its rounds (why the rounds: see the loop below).
+half_of_median() { # rps [round_rps...]
+    echo $(( $(median_int "$@") / 2 ))
+}
+
+# Appends one row to RESULTS: twenty fields, tab-separated, which the table
+# below reads by position.
+result_row() {
+    [ "$#" = 20 ] || die "result_row: $# fields, not 20"
+    local IFS=$'\t'
+    echo "$*" >>"$RESULTS"
+}
+
 # Workload by workload: first the paired rounds, then every server in turn, so
 # that the rows a ratio divides are measured minutes apart, not a quarter of an
 # hour (this VM's speed drifts). coremcp's row goes first, to set the
@@ -526,7 +547,7 @@ declare -A HALF
 for w in $WORKLOADS; do
     case " $PAIR_WORKLOADS " in *" $w "*) paired_rounds "$w" ;; esac
     # coremcp's req/s in this workload's rounds, as paired_rounds recorded them.
-    mapfile -t ROUND_RPS < <(awk -F'\t' -v w="$w" '$1 == w { print $3 }' "$PAIRS")
+    mapfile -t ROUND_RPS < <(round_rps "$w" 3)
     for kind in $SERVERS; do
         [ "$kind" = coremcp2 ] && [ -z "$SHARDS2_CPUS" ] && continue
         # Only query_db has an answer cache to turn off.
@@ -541,7 +562,7 @@ for w in $WORKLOADS; do
         read -r rps p50 p99 p999 non2xx sockerr < <(closed_loop "$w" "$SECONDS_PER_RUN")
         say "   closed loop: $rps req/s, p50 ${p50} µs, p99 ${p99} µs, p99.9 ${p999} µs (non-2xx $non2xx, socket errors $sockerr)"
         if [ "$kind" = coremcp ]; then
-            HALF[$w]=$(( $(median_int "$rps" "${ROUND_RPS[@]}") / 2 ))
+            HALF[$w]=$(half_of_median "$rps" "${ROUND_RPS[@]}")
             if [ "${#ROUND_RPS[@]}" -gt 0 ]; then
                 say "   fixed rate: half the median of $rps (this row) and ${ROUND_RPS[*]} (rounds) req/s: ${HALF[$w]}"
             else
@@ -571,8 +592,8 @@ for w in $WORKLOADS; do
             # The p99 target's load, put on the ceiling: half of its own maximum
             # (its row and its rounds, as coremcp's rate is set). Whether a bare
             # server meets 1 ms there says what the target asks of this machine.
-            mapfile -t own_rounds < <(awk -F'\t' -v w="$w" '$1 == w && $4 != "-" { print $4 }' "$PAIRS")
-            own=$(( $(median_int "$rps" "${own_rounds[@]}") / 2 ))
+            mapfile -t own_rounds < <(round_rps "$w" 4)
+            own=$(half_of_median "$rps" "${own_rounds[@]}")
             read -r orps op50 op99 op999 obad ogen olag _ _ obusy op99s < <(fixed_rate_runs "$w" "$own" "$SECONDS_PER_RUN" hello-own)
             say "   fixed $own req/s, half its own maximum (median of p99s $op99s µs): achieved $orps, p99 ${op99} µs, generator lag p99 ${olag} µs"
         fi
@@ -584,13 +605,11 @@ for w in $WORKLOADS; do
         # A build that started or ran during the row skews it: flag the row.
         busy && noisy=1
         [ "$noisy" = 1 ] && { QUIET="no: cargo/rustc ran during some rows (flagged)"; say "   warning: cargo/rustc ran during this row"; }
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-            "$kind" "$w" "$rps" "$p50" "$p99" "$p999" "$non2xx" "$sockerr" \
-            "$rate" "$frps" "$fp50" "$fp99" "$fp999" "$fbad" "$hwm" "$noisy" "$fbusy" "$fp99s" "$fgen" "$flag" >>"$RESULTS"
+        result_row "$kind" "$w" "$rps" "$p50" "$p99" "$p999" "$non2xx" "$sockerr" \
+            "$rate" "$frps" "$fp50" "$fp99" "$fp999" "$fbad" "$hwm" "$noisy" "$fbusy" "$fp99s" "$fgen" "$flag"
         if [ -n "$own" ]; then
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-                hello-own "$w" "$rps" "$p50" "$p99" "$p999" "$non2xx" "$sockerr" \
-                "$own" "$orps" "$op50" "$op99" "$op999" "$obad" "$hwm" "$noisy" "$obusy" "$op99s" "$ogen" "$olag" >>"$RESULTS"
+            result_row hello-own "$w" "$rps" "$p50" "$p99" "$p999" "$non2xx" "$sockerr" \
+                "$own" "$orps" "$op50" "$op99" "$op999" "$obad" "$hwm" "$noisy" "$obusy" "$op99s" "$ogen" "$olag"
         fi
     done
 done
